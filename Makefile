@@ -1,0 +1,46 @@
+# Front door. `make demo` and `make test` work on a fresh Debian 12 machine as
+# root: they install what is missing, configure Release, build, then run.
+BUILD    ?= build
+JOBS     ?= $(shell nproc)
+CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+DEBS     := cmake g++ make libxtensor-dev libxsimd-dev libboost-test-dev nlohmann-json3-dev
+# Optional peers for the benchmarks (OpenBLAS, PyTorch); installed by `make bench`.
+BENCH_DEBS := libopenblas-dev python3-torch
+
+.PHONY: all deps build test demo bench sanitize clean
+
+all: build
+
+# Install the Debian packages that are missing (needs root; skipped when all present).
+deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+demo: build
+	./$(BUILD)/examples/hello_autograd
+
+bench-deps:
+	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+bench: bench-deps build
+	./$(BUILD)/bench/gemm_bench
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the whole suite.
+sanitize: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLORAGRAD_SANITIZE=ON
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ctest --output-on-failure -j $(JOBS)
+
+clean:
+	rm -rf $(BUILD) build-asan

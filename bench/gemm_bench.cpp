@@ -1,0 +1,188 @@
+// GEMM throughput: loragrad::kernels::gemm (float) vs a naive triple loop vs
+// OpenBLAS cblas_sgemm, GFLOP/s (median of several timed samples), for 1 and
+// 2 threads. Usage: gemm_bench [--quick]
+//
+// OpenBLAS is optional (LORAGRAD_BENCH_HAVE_CBLAS, set by CMake when found).
+// Its speed on this machine depends on OPENBLAS_CORETYPE (Debian's build does
+// not recognise every CPU and may fall back to old kernels), so the value in
+// effect is printed first.
+
+#include <dlfcn.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "loragrad/kernels/gemm.hpp"
+
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using loragrad::kernels::gemm;
+
+struct Shape {
+  std::string label;
+  bool trans_b;
+  int64_t M, N, K;
+};
+
+// The classic i-j-p loop with a scalar accumulator (what "naive" usually means).
+void naive_sgemm(bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, const float* B,
+                 float* C) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float s = 0.0f;
+      for (int64_t p = 0; p < K; ++p) s += A[i * K + p] * (trans_b ? B[j * K + p] : B[p * N + j]);
+      C[i * N + j] = s;
+    }
+}
+
+// Median GFLOP/s of `samples` timings; each sample repeats fn until it has run
+// at least min_seconds so that short calls are not dominated by timer noise.
+template <class F>
+double measure_gflops(double flops, int samples, double min_seconds, F&& fn) {
+  fn();  // warm-up: page faults, pack buffers, thread start
+  std::vector<double> rates;
+  for (int s = 0; s < samples; ++s) {
+    int reps = 0;
+    const auto t0 = Clock::now();
+    double elapsed = 0.0;
+    do {
+      fn();
+      ++reps;
+      elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    } while (elapsed < min_seconds);
+    rates.push_back(flops * reps / elapsed / 1e9);
+  }
+  std::sort(rates.begin(), rates.end());
+  return rates[rates.size() / 2];
+}
+
+// Both OpenMP (libgomp) and OpenBLAS's pthreads spin for a while after a call
+// before sleeping; on a 2-core machine a spinning pool steals a core from the
+// next library. Pause between libraries so each is measured alone.
+void let_spinners_sleep() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
+
+using SetThreadsFn = void (*)(int);
+using CoreNameFn = char* (*)();
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  std::printf("OPENBLAS_CORETYPE=%s\n", coretype ? coretype : "(unset)");
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+  // Looked up at run time: these are OpenBLAS extensions, not part of CBLAS.
+  auto set_blas_threads =
+      reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto corename = reinterpret_cast<CoreNameFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  std::printf("OpenBLAS core in use: %s\n", corename ? corename() : "(unknown)");
+#else
+  std::printf("OpenBLAS: not linked (cblas.h / libopenblas not found at configure time)\n");
+#endif
+
+  std::vector<Shape> shapes;
+  const std::vector<int64_t> squares =
+      quick ? std::vector<int64_t>{128, 512} : std::vector<int64_t>{64, 128, 256, 512, 1024};
+  for (int64_t n : squares) shapes.push_back({"square", false, n, n, n});
+  const std::vector<int64_t> ms = quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
+  const std::vector<int64_t> kns =
+      quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{128, 256, 512, 1024};
+  for (bool tb : {false, true})
+    for (int64_t m : ms)
+      for (int64_t kn : kns)
+        shapes.push_back({tb ? "x@W^T" : "x@W", tb, m, kn, kn});
+
+  const int samples = quick ? 3 : 5;
+  const double min_seconds = quick ? 0.02 : 0.05;
+  const int64_t naive_max = 512;
+
+  std::printf("GFLOP/s, median of %d samples (each >= %.0f ms). x@W: A(M,K) @ B(K,N); "
+              "x@W^T: A(M,K) @ W(N,K)^T (trans_b).\n",
+              samples, min_seconds * 1e3);
+
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+    if (set_blas_threads) set_blas_threads(threads);
+#endif
+    std::printf("\nthreads = %d\n", threads);
+    std::printf("%-8s %5s %5s %5s | %9s %9s %9s | %8s | %s\n", "shape", "M", "N", "K", "loragrad",
+                "naive", "OpenBLAS", "lg/BLAS", "max|diff|/K");
+    for (const Shape& s : shapes) {
+      const int64_t M = s.M, N = s.N, K = s.K;
+      std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
+      for (float& x : A) x = dist(rng);
+      for (float& x : B) x = dist(rng);
+      const int64_t ldb = s.trans_b ? K : N;
+      const double flops = 2.0 * M * N * K;
+
+      const double lg = measure_gflops(flops, samples, min_seconds, [&] {
+        gemm(false, s.trans_b, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, C.data(), N);
+      });
+      let_spinners_sleep();
+
+      double naive = NAN;
+      if (M <= naive_max && N <= naive_max && K <= naive_max)
+        naive = measure_gflops(flops, 1, min_seconds,
+                               [&] { naive_sgemm(s.trans_b, M, N, K, A.data(), B.data(), Cref.data()); });
+
+      double blas = NAN, diff = NAN;
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+      blas = measure_gflops(flops, samples, min_seconds, [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                    1.0f, A.data(), K, B.data(), ldb, 0.0f, Cref.data(), N);
+      });
+      let_spinners_sleep();
+      diff = 0.0;
+      for (int64_t i = 0; i < M * N; ++i) diff = std::max(diff, double(std::fabs(C[i] - Cref[i])));
+      diff /= double(K);
+#endif
+      auto cell = [](double v) {
+        static char buf[4][32];
+        static int i = 0;
+        i = (i + 1) % 4;
+        if (std::isnan(v))
+          std::snprintf(buf[i], sizeof buf[i], "%9s", "-");
+        else
+          std::snprintf(buf[i], sizeof buf[i], "%9.1f", v);
+        return buf[i];
+      };
+      char ratio[32];
+      if (std::isnan(blas))
+        std::snprintf(ratio, sizeof ratio, "%8s", "-");
+      else
+        std::snprintf(ratio, sizeof ratio, "%7.0f%%", 100.0 * lg / blas);
+      std::printf("%-8s %5lld %5lld %5lld | %s %s %s | %s | %.1e\n", s.label.c_str(),
+                  (long long)M, (long long)N, (long long)K, cell(lg), cell(naive), cell(blas),
+                  ratio, diff);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}

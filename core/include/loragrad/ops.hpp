@@ -1,0 +1,98 @@
+#pragma once
+// The ops: free functions that return a new tensor and record how to
+// differentiate it. Each is implemented in core/src/ops/<group>.cpp with its
+// backward right beside its forward. Float ops accept float32 or float64;
+// both operands of a binary op must have the same dtype.
+#include <vector>
+
+#include "loragrad/autograd.hpp"
+#include "loragrad/generator.hpp"
+#include "loragrad/tensor.hpp"
+
+namespace loragrad {
+
+// ---- elementwise (ops/elementwise.cpp): numpy broadcasting ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor neg(const Tensor& x);
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor pow(const Tensor& x, double exponent);
+Tensor tanh(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor relu(const Tensor& x);
+Tensor gelu(const Tensor& x);   // tanh form, PyTorch's GELU(approximate='tanh')
+Tensor silu(const Tensor& x);
+Tensor cast(const Tensor& x, DType dt);
+// x where mask == 0, value where mask != 0; mask (any dtype) broadcasts to x.
+Tensor masked_fill(const Tensor& x, const Tensor& mask, double value);
+// Inverted dropout: zero with probability p, scale kept values by 1/(1-p).
+// Identity when !training or p == 0. The mask is reused in backward.
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+
+// The shape two operands broadcast to (numpy rules); throws ShapeError naming op.
+Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
+// Sum g down to `shape` (the reverse of broadcasting); used by backward passes.
+Tensor sum_to(const Tensor& g, const Shape& shape);
+
+// scalar sugar: the scalar becomes a 0-d tensor of x's dtype
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& x);
+Tensor operator+(const Tensor& a, double b);
+Tensor operator-(const Tensor& a, double b);
+Tensor operator*(const Tensor& a, double b);
+Tensor operator/(const Tensor& a, double b);
+Tensor operator+(double a, const Tensor& b);
+Tensor operator-(double a, const Tensor& b);
+Tensor operator*(double a, const Tensor& b);
+Tensor operator/(double a, const Tensor& b);
+
+// ---- reductions (ops/reduce.cpp) ----
+// dims empty = all dims. Negative dims allowed.
+Tensor sum(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+Tensor mean(const Tensor& x, const std::vector<int64_t>& dims = {}, bool keepdim = false);
+// max over one dim (values only); the gradient goes to the first maximum.
+Tensor max(const Tensor& x, int64_t dim, bool keepdim = false);
+Tensor max(const Tensor& x);   // over all elements, 0-d result
+
+// ---- matrix products (ops/matmul.cpp) ----
+// a (..., M, K) @ b (..., K, N) -> (..., M, N); batch dims broadcast; 2-d, 3-d, 4-d.
+Tensor matmul(const Tensor& a, const Tensor& b);
+// a (..., M, K) @ b(..., N, K)^T -> (..., M, N), without materialising b^T.
+Tensor matmul_nt(const Tensor& a, const Tensor& b);
+// a(..., K, M)^T @ b (..., K, N) -> (..., M, N), without materialising a^T.
+Tensor matmul_tn(const Tensor& a, const Tensor& b);
+// x (..., in) @ weight (out, in)^T + bias (out) -> (..., out); bias may be undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// ---- shape and indexing (ops/shape.cpp, ops/index.cpp) ----
+Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1; shares storage
+Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
+Tensor permute(const Tensor& x, const std::vector<int64_t>& order);
+Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
+Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
+std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim);  // narrows
+// Rows of x along dim picked by an i64 index vector (scatter-add backward).
+Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
+// weight (V, d)[idx] -> idx.shape + (d); idx is i64 with values in [0, V).
+Tensor embedding(const Tensor& weight, const Tensor& idx);
+
+// ---- fused neural-network ops (ops/softmax.cpp, ops/layer_norm.cpp, ops/attention.cpp) ----
+Tensor softmax(const Tensor& x, int64_t dim = -1);
+Tensor log_softmax(const Tensor& x, int64_t dim = -1);
+// logits (N, C) or (..., C); targets integer class ids with logits' leading
+// shape (i64, or float holding integers). Mean over targets != ignore_index.
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// Over the last dim; weight/bias (C) may be undefined. Biased variance.
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
+// q, k, v (B, T, d) with d = n_head * hd; causal softmax(q k^T / sqrt(hd)) v per head,
+// heads concatenated back to (B, T, d).
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head);
+
+}  // namespace loragrad

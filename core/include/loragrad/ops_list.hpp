@@ -1,0 +1,43 @@
+#pragma once
+// Every differentiable op, listed once. record() takes an Op, so an op cannot
+// join the autograd graph without a name here, and tests/test_gradcheck_ops.cpp
+// fails when a name here has no entry in the op table (tests/op_table.cpp).
+namespace loragrad {
+
+#define LORAGRAD_OPS(X)                                                        \
+  /* elementwise, numpy broadcasting */                                        \
+  X(add) X(sub) X(mul) X(div) X(neg) X(exp) X(log) X(sqrt) X(pow_scalar)      \
+  X(tanh) X(sigmoid) X(relu) X(gelu) X(silu) X(cast) X(masked_fill)           \
+  X(dropout)                                                                   \
+  /* reductions */                                                             \
+  X(sum) X(mean) X(max)                                                        \
+  /* matrix products */                                                        \
+  X(matmul) X(matmul_nt) X(matmul_tn) X(linear)                                \
+  /* shape and indexing */                                                     \
+  X(reshape) X(transpose) X(permute) X(narrow) X(concat) X(index_select)       \
+  X(embedding)                                                                 \
+  /* fused neural-network ops */                                               \
+  X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention)
+
+enum class Op {
+#define LORAGRAD_OP_ENUM(name) name,
+  LORAGRAD_OPS(LORAGRAD_OP_ENUM)
+#undef LORAGRAD_OP_ENUM
+};
+
+inline const char* op_name(Op op) {
+  switch (op) {
+#define LORAGRAD_OP_NAME(name) case Op::name: return #name;
+    LORAGRAD_OPS(LORAGRAD_OP_NAME)
+#undef LORAGRAD_OP_NAME
+  }
+  return "?";
+}
+
+inline constexpr Op all_ops[] = {
+#define LORAGRAD_OP_LIST(name) Op::name,
+    LORAGRAD_OPS(LORAGRAD_OP_LIST)
+#undef LORAGRAD_OP_LIST
+};
+
+}  // namespace loragrad

@@ -1,0 +1,477 @@
+// Float and double GEMM, row-major: C (M, N) = alpha * op(A) @ op(B) + beta * C.
+// Interface and semantics: loragrad/kernels/gemm.hpp; packed-panel contract:
+// loragrad/kernels/gemm_pack.hpp.
+//
+// Float algorithm (the GotoBLAS / BLIS loop nest):
+//
+//   for jc in [0, N) step NC                  one column panel of C and op(B)
+//     for pc in [0, K) step KC                one depth block
+//       pack op(B)[pc:+kc, jc:+nc] -> bpack   all threads share it (L2/L3)
+//       for ic in this thread's rows step MC
+//         pack op(A)[ic:+mc, pc:+kc] -> apack per thread, stays in L2
+//         for each NR sliver of bpack         stays in L1 across the ir loop
+//           for ir in [0, mc) step MR
+//             micro-kernel: C[ir:+MR, jr:+NR] = alpha * apack_sliver @ bpack_sliver + beta' * C
+//
+// with beta' = beta for the first depth block and 1 afterwards. The vector
+// dimension is N (contiguous in row-major C and in the packed B sliver); the
+// MR rows of A are broadcast one float at a time. All transposes, strides and
+// ragged edges are absorbed by the packing routines: they zero-pad to whole
+// MR / NR tiles, so the micro-kernel only ever sees full, unit-stride tiles.
+// A partial tile of C is computed into a scratch tile and merged by hand.
+
+#include "loragrad/kernels/gemm.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <xsimd/xsimd.hpp>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "loragrad/error.hpp"
+#include "loragrad/kernels/gemm_pack.hpp"
+
+namespace loragrad::kernels {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Tile and block sizes
+// ---------------------------------------------------------------------------
+// The instruction set is fixed at compile time (the library is built with
+// -march=native), so the micro-kernel is a single instantiation.
+#if defined(__AVX512F__)
+using Arch = xsimd::avx512f;
+#elif defined(__AVX2__) && defined(__FMA__)
+using Arch = xsimd::fma3<xsimd::avx2>;
+#elif defined(__AVX2__)
+using Arch = xsimd::avx2;
+#else
+using Arch = xsimd::sse2;
+#endif
+using Vec = xsimd::batch<float, Arch>;
+
+constexpr int64_t MR = kGemmMR;         // rows of the register tile (broadcast from A)
+constexpr int64_t NR = kGemmNR;         // columns of the register tile (NV vectors)
+constexpr int64_t W = Vec::size;        // floats per vector
+constexpr int64_t NV = NR / W;          // vectors per tile row
+constexpr int64_t KC = kGemmKC;         // depth block: a (KC, NR) B sliver must stay in L1
+static_assert(NR % W == 0, "NR must be a whole number of vectors");
+static_assert(KC % 64 == 0, "KC is promised to quantised sources to be a multiple of 64");
+
+// MC: rows of A packed at once; the (MC, KC) packed block stays in L2
+// (1 MiB per core here) while every B sliver of the panel streams past it.
+// NC: columns of one B panel; the (KC, NC) panel is shared by the threads and
+// is re-read for every MC block, so it should stay in L2/L3.
+#ifdef TUNE_MC
+constexpr int64_t MC = TUNE_MC;
+#else
+constexpr int64_t MC = 192;
+#endif
+#ifdef TUNE_NC
+constexpr int64_t NC = TUNE_NC;
+#else
+constexpr int64_t NC = 4096;
+#endif
+static_assert(MC % MR == 0 && NC % NR == 0, "blocks must hold whole tiles");
+
+// Below this many flops a parallel region costs more than it saves (a fork /
+// join is several microseconds; 2e6 flops is about 10 us on one core).
+constexpr double kParallelFlops = 2e6;
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Fused multiply-add c + a * b. xsimd 8.1 has no avx512f fma kernel (its
+// generic fallback is a separate mul and add, twice the instructions and an
+// extra rounding), so the AVX-512 path calls the intrinsic on the register.
+inline Vec fmadd(const Vec& a, const Vec& b, const Vec& c) {
+#if defined(__AVX512F__)
+  return Vec(_mm512_fmadd_ps(a, b, c));
+#else
+  return xsimd::fma(a, b, c);
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Pack buffers
+// ---------------------------------------------------------------------------
+// A grow-only, 64-byte aligned float buffer. One per thread and purpose
+// (thread_local; OpenMP's worker threads persist between regions), so repeated
+// calls allocate nothing once the largest shape has been seen.
+class AlignedBuffer {
+ public:
+  float* get(int64_t n) {
+    if (n > capacity_) {
+      const size_t bytes = static_cast<size_t>(ceil_div(n * int64_t(sizeof(float)), 64) * 64);
+      float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!p) throw std::bad_alloc();
+      data_.reset(p);
+      capacity_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> data_;
+  int64_t capacity_ = 0;
+};
+
+thread_local AlignedBuffer tls_apack;  // (MC, KC) packed A, MR-row slivers; per thread
+thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers; owned by the
+                                       // calling thread, shared with its workers
+
+// ---------------------------------------------------------------------------
+// Packing A
+// ---------------------------------------------------------------------------
+// Pack op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/MR) row slivers of (kc, MR):
+//   dst[s*kc*MR + k*MR + r] = op(A)[i0 + s*MR + r][p0 + k], rows past mc are 0.
+// The micro-kernel then reads the MR values it broadcasts at step k from one
+// contiguous run.
+void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
+            int64_t kc, float* dst) {
+  for (int64_t s = 0; s * MR < mc; ++s, dst += kc * MR) {
+    const int64_t rows = std::min(MR, mc - s * MR);
+    const int64_t ib = i0 + s * MR;
+    if (trans_a) {
+      // op(A)(i, p) = A[p*lda + i]: step k of the sliver is a contiguous run of A.
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = A + (p0 + k) * lda + ib;
+        float* d = dst + k * MR;
+        for (int64_t r = 0; r < rows; ++r) d[r] = src[r];
+        for (int64_t r = rows; r < MR; ++r) d[r] = 0.0f;
+      }
+    } else {
+      // op(A)(i, p) = A[i*lda + p]: rows of A are contiguous along k; interleave
+      // them. The (kc, MR) sliver is small enough to stay in L1 while written.
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* src = A + (ib + r) * lda + p0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
+      }
+      for (int64_t r = rows; r < MR; ++r)
+        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.0f;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Micro-kernel
+// ---------------------------------------------------------------------------
+// c[0:MR, 0:NR] = alpha * (a @ b) + beta * c     (beta == 0: c is not read)
+//   a: (kc, MR) packed sliver of op(A), b: (kc, NR) packed sliver of op(B),
+//   b 64-byte aligned; c has row stride ldc.
+// The MR x NV accumulators live in registers for the whole depth loop
+// (12 x 2 = 24 of the 32 zmm registers on AVX-512, the rest hold the B
+// vectors and the broadcast A value).
+void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float alpha,
+                  float beta, float* __restrict c, int64_t ldc) {
+  Vec acc[MR][NV];  // (MR, NR) tile of C, in registers
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
+
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    Vec bv[NV];  // row k of the B sliver
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < NV; ++v) bv[v] = Vec::load_aligned(b + v * W);
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < MR; ++r) {
+      const Vec av(a[r]);  // broadcast op(A)[r][k]
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < NV; ++v) acc[r][v] = fmadd(av, bv[v], acc[r][v]);
+    }
+  }
+
+  const Vec va(alpha);
+  if (beta == 0.0f) {
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < NV; ++v) (acc[r][v] * va).store_unaligned(c + r * ldc + v * W);
+  } else {
+    const Vec vb(beta);
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int64_t v = 0; v < NV; ++v) {
+        float* cp = c + r * ldc + v * W;
+        fmadd(acc[r][v], va, vb * Vec::load_unaligned(cp)).store_unaligned(cp);
+      }
+  }
+}
+
+// C[0:mr, 0:nr] of a tile at the ragged right/bottom edge: run the full kernel
+// into a scratch tile, then merge only the valid part (beta == 0: C not read).
+void edge_kernel(int64_t kc, const float* a, const float* b, float alpha, float beta, float* c,
+                 int64_t ldc, int64_t mr, int64_t nr) {
+  alignas(64) float tile[MR * NR];  // (MR, NR) scratch, row stride NR
+  micro_kernel(kc, a, b, alpha, 0.0f, tile, NR);
+  for (int64_t i = 0; i < mr; ++i) {
+    float* crow = c + i * ldc;
+    const float* trow = tile + i * NR;
+    if (beta == 0.0f) {
+      for (int64_t j = 0; j < nr; ++j) crow[j] = trow[j];
+    } else {
+      for (int64_t j = 0; j < nr; ++j) crow[j] = trow[j] + beta * crow[j];
+    }
+  }
+}
+
+// C = beta * C, the whole answer when K == 0 or alpha == 0.
+template <class T>
+void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  if (beta == T(1)) return;
+  for (int64_t i = 0; i < M; ++i) {
+    T* crow = C + i * ldc;
+    if (beta == T(0)) {
+      std::fill(crow, crow + N, T(0));  // overwrite: C may hold NaN
+    } else {
+      for (int64_t j = 0; j < N; ++j) crow[j] *= beta;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------
+struct Problem {
+  bool trans_a;
+  int64_t M, N, K;
+  float alpha;
+  const float* A;
+  int64_t lda;
+  const BPanelSource* B;
+  float beta;
+  float* C;
+  int64_t ldc;
+  float* bpack;  // (KC, NC) packed B panel, shared by all threads of the call
+};
+
+// How nt threads split the C panel: tm groups of rows x tn groups of NR
+// slivers. Row splitting shares each packed B panel and duplicates nothing;
+// splitting columns makes every thread of a row group pack the same A block,
+// so it is only chosen when there are too few rows (e.g. M = 8, N = 4096).
+void choose_grid(int nt, int64_t M, int64_t N, int& tm, int& tn) {
+  const int64_t row_tiles = ceil_div(M, MR);
+  const int64_t col_tiles = ceil_div(std::min(N, NC), NR);
+  int64_t best = -1;
+  for (int d = nt; d >= 1; --d) {  // prefer more row groups on ties
+    if (nt % d) continue;
+    const int64_t cost = ceil_div(row_tiles, d) * ceil_div(col_tiles, nt / d);
+    if (best < 0 || cost < best) {
+      best = cost;
+      tm = d;
+      tn = nt / d;
+    }
+  }
+}
+
+// The loop nest run by thread tid of nt (nt == 1: serial, no barriers, which
+// is also what makes it safe to call from inside a caller's parallel region).
+void run_thread(const Problem& p, int tid, int nt) {
+  int tm = 1, tn = 1;
+  choose_grid(nt, p.M, p.N, tm, tn);
+  const int tid_m = tid % tm, tid_n = tid / tm;
+
+  // This thread's rows, in whole MR tiles so slivers never straddle threads.
+  const int64_t row_tiles = ceil_div(p.M, MR);
+  const int64_t m_lo = std::min(p.M, row_tiles * tid_m / tm * MR);
+  const int64_t m_hi = std::min(p.M, row_tiles * (tid_m + 1) / tm * MR);
+
+  float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers
+
+  for (int64_t jc = 0; jc < p.N; jc += NC) {
+    const int64_t nc = std::min(NC, p.N - jc);
+    const int64_t slivers = ceil_div(nc, NR);
+    // This thread's NR slivers of the panel for the compute phase.
+    const int64_t s_lo = slivers * tid_n / tn, s_hi = slivers * (tid_n + 1) / tn;
+
+    for (int64_t pc = 0; pc < p.K; pc += KC) {
+      const int64_t kc = std::min(KC, p.K - pc);
+      const float beta = pc == 0 ? p.beta : 1.0f;  // later depth blocks accumulate
+
+      // Pack the shared B panel: every thread packs a contiguous run of slivers.
+      // The first barrier keeps it from overwriting a panel others still read.
+      if (nt > 1) {
+#pragma omp barrier
+      }
+      {
+        const int64_t b_lo = slivers * tid / nt, b_hi = slivers * (tid + 1) / nt;
+        if (b_hi > b_lo)
+          p.B->pack(pc, kc, jc + b_lo * NR, std::min(nc, b_hi * NR) - b_lo * NR,
+                    p.bpack + b_lo * kc * NR);
+      }
+      if (nt > 1) {
+#pragma omp barrier
+      }
+      if (s_hi <= s_lo) continue;
+
+      for (int64_t ic = m_lo; ic < m_hi; ic += MC) {
+        const int64_t mc = std::min(MC, m_hi - ic);
+        pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, apack);
+
+        for (int64_t s = s_lo; s < s_hi; ++s) {
+          const float* bs = p.bpack + s * kc * NR;  // (kc, NR) sliver, L1-resident
+          const int64_t j = jc + s * NR;
+          const int64_t nr = std::min(NR, p.N - j);
+          for (int64_t ir = 0; ir < mc; ir += MR) {
+            const float* as = apack + ir * kc;  // (kc, MR) sliver
+            float* c = p.C + (ic + ir) * p.ldc + j;
+            const int64_t mr = std::min(MR, mc - ir);
+            if (mr == MR && nr == NR)
+              micro_kernel(kc, as, bs, p.alpha, beta, c, p.ldc);
+            else
+              edge_kernel(kc, as, bs, p.alpha, beta, c, p.ldc, mr, nr);
+          }
+        }
+      }
+    }
+  }
+}
+
+void check_args(const char* who, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t a_cols,
+                int64_t ldb, int64_t b_cols, int64_t ldc) {
+  auto fail = [&](const std::string& what) {
+    throw ShapeError(std::string(who) + ": " + what + " (M=" + std::to_string(M) +
+                     ", N=" + std::to_string(N) + ", K=" + std::to_string(K) + ")");
+  };
+  if (M < 0 || N < 0 || K < 0) fail("negative dimension");
+  if (M > 0 && K > 0 && lda < a_cols)
+    fail("lda=" + std::to_string(lda) + " < " + std::to_string(a_cols));
+  if (b_cols >= 0 && K > 0 && N > 0 && ldb < b_cols)
+    fail("ldb=" + std::to_string(ldb) + " < " + std::to_string(b_cols));
+  if (M > 0 && N > 0 && ldc < N) fail("ldc=" + std::to_string(ldc) + " < N");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Public float entry points
+// ---------------------------------------------------------------------------
+void StridedBSource::pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* dst) const {
+  for (int64_t s = 0; s * NR < nc; ++s, dst += kc * NR) {
+    const int64_t cols = std::min(NR, nc - s * NR);
+    const int64_t jb = n0 + s * NR;
+    if (!trans_b_) {
+      // op(B)(p, j) = B[p*ldb + j]: step k of the sliver is a contiguous run of B.
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* src = B_ + (k0 + k) * ldb_ + jb;
+        float* d = dst + k * NR;
+        if (cols == NR) {
+#pragma GCC unroll 8
+          for (int64_t v = 0; v < NV; ++v) Vec::load_unaligned(src + v * W).store_aligned(d + v * W);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) d[c] = src[c];
+          for (int64_t c = cols; c < NR; ++c) d[c] = 0.0f;
+        }
+      }
+    } else {
+      // op(B)(p, j) = B[j*ldb + p]: a transpose; column c of the sliver is a
+      // contiguous run of row jb + c of B. The (kc, NR) sliver stays in L1.
+      for (int64_t c = 0; c < cols; ++c) {
+        const float* src = B_ + (jb + c) * ldb_ + k0;
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
+      }
+      for (int64_t c = cols; c < NR; ++c)
+        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.0f;
+    }
+  }
+}
+
+void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const BPanelSource& B, float beta, float* C, int64_t ldc) {
+  check_args("gemm_packed_b", M, N, K, lda, trans_a ? M : K, 0, -1, ldc);
+  if (B.rows() != K || B.cols() != N)
+    throw ShapeError("gemm_packed_b: B source is (" + std::to_string(B.rows()) + ", " +
+                     std::to_string(B.cols()) + "), expected (K, N) = (" + std::to_string(K) +
+                     ", " + std::to_string(N) + ")");
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.0f) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+
+  Problem p{trans_a, M, N, K, alpha, A, lda, &B, beta, C, ldc, nullptr};
+  p.bpack = tls_bpack.get(packed_b_floats(std::min(K, KC), std::min(N, NC)));
+
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const int nt = (flops >= kParallelFlops && !omp_in_parallel()) ? omp_get_max_threads() : 1;
+  if (nt <= 1) {
+    run_thread(p, 0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  run_thread(p, omp_get_thread_num(), omp_get_num_threads());
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+          int64_t ldc) {
+  check_args("gemm", M, N, K, lda, trans_a ? M : K, ldb, trans_b ? K : N, ldc);
+  const StridedBSource src(B, ldb, trans_b, K, N);
+  gemm_packed_b(trans_a, M, N, K, alpha, A, lda, src, beta, C, ldc);
+}
+
+// ---------------------------------------------------------------------------
+// Double: used for float64 gradient checks, so it is written for obvious
+// correctness; it is still vectorised and parallel over rows of C.
+// ---------------------------------------------------------------------------
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double alpha,
+          const double* A, int64_t lda, const double* B, int64_t ldb, double beta, double* C,
+          int64_t ldc) {
+  check_args("gemm", M, N, K, lda, trans_a ? M : K, ldb, trans_b ? K : N, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == 0.0) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;  // op(A)(i,p) = A[i*sa_i + p*sa_p]
+  const bool parallel = 2.0 * double(M) * double(N) * double(K) >= kParallelFlops && !omp_in_parallel();
+
+#pragma omp parallel if (parallel)
+  {
+    std::vector<double> acc(static_cast<size_t>(N));  // (N,) one row of op(A) @ op(B)
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      const double* arow = A + i * sa_i;
+      double* out = acc.data();
+      if (!trans_b) {
+        // Row i of C = sum_p op(A)(i,p) * row p of B: contiguous axpys.
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int64_t p = 0; p < K; ++p) {
+          const double a = arow[p * sa_p];
+          const double* brow = B + p * ldb;
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) out[j] += a * brow[j];
+        }
+      } else {
+        // op(B)(p, j) = B[j*ldb + p]: each C entry is a dot product of two runs.
+        for (int64_t j = 0; j < N; ++j) {
+          const double* bcol = B + j * ldb;
+          double s = 0.0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t p = 0; p < K; ++p) s += arow[p * sa_p] * bcol[p];
+          out[j] = s;
+        }
+      }
+      double* crow = C + i * ldc;
+      if (beta == 0.0) {
+        for (int64_t j = 0; j < N; ++j) crow[j] = alpha * out[j];
+      } else {
+        for (int64_t j = 0; j < N; ++j) crow[j] = alpha * out[j] + beta * crow[j];
+      }
+    }
+  }
+}
+
+}  // namespace loragrad::kernels
