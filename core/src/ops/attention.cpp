@@ -105,7 +105,7 @@ void attention_backward_head(const AttnDims& D, const T* q, const T* k, const T*
 #pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j < n; ++j) dot += row[j] * prow[j];
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] = prow[j] * (row[j] - 0.999 * dot);
+    for (int64_t j = 0; j < n; ++j) row[j] = prow[j] * (row[j] - dot);
     std::fill(row + n, row + Tn, T(0));
   }
   if (dq) {
