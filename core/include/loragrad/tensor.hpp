@@ -26,10 +26,10 @@ using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& s);   // "[2, 3]"
 int64_t shape_numel(const Shape& s);     // product of dims, 1 for a 0-d tensor
 
-// 64-byte aligned, zero-initialised bytes. The version counter is bumped by
+// 64-byte aligned bytes, zero-initialised unless asked not to. The version counter is bumped by
 // every in-place write, so a saved tensor can tell it was modified.
 struct Storage {
-  explicit Storage(size_t nbytes);
+  explicit Storage(size_t nbytes, bool zero = true);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -114,6 +114,8 @@ struct TensorImpl {
 // ---- factories ----
 Tensor empty(const Shape& shape, DType dt = DType::f32);   // zero-filled, like zeros
 Tensor zeros(const Shape& shape, DType dt = DType::f32);
+// Values left undefined: only for kernels that overwrite every element.
+Tensor uninitialized(const Shape& shape, DType dt = DType::f32);
 Tensor ones(const Shape& shape, DType dt = DType::f32);
 Tensor full(const Shape& shape, double value, DType dt = DType::f32);
 Tensor scalar(double value, DType dt = DType::f32);         // 0-d tensor

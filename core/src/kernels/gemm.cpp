@@ -32,7 +32,7 @@
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
-#if defined(__AVX512F__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -131,8 +131,72 @@ thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers; 
                                        // calling thread, shared with its workers
 
 // ---------------------------------------------------------------------------
-// Packing A
+// Packing
 // ---------------------------------------------------------------------------
+// Interleave `rows` rows of length kc (row r starts at src + r*lds) into a
+// sliver of width ld:  dst[k*ld + r] = src[r*lds + k]. This is the transpose
+// both "row-major A" and "transposed B" need; done element by element it costs
+// about as much as the whole GEMM when N (for A) or M (for B) is ~100, so rows
+// are handled four at a time with in-register 4x4 transposes: per 4 rows and
+// 16 values of k, 4 loads, 8 shuffles and 16 128-bit stores.
+void interleave_rows(const float* src, int64_t lds, int64_t rows, int64_t kc, float* dst,
+                     int64_t ld) {
+  int64_t r = 0;
+#if defined(__AVX512F__) || defined(__SSE2__)
+  for (; r + 4 <= rows; r += 4) {
+    const float* s0 = src + r * lds;
+    const float* s1 = s0 + lds;
+    const float* s2 = s1 + lds;
+    const float* s3 = s2 + lds;
+    float* d = dst + r;
+    int64_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + 16 <= kc; k += 16) {
+      // Within each 128-bit lane L: a 4x4 transpose of rows 0..3 x k+4L..k+4L+3.
+      const __m512 r0 = _mm512_loadu_ps(s0 + k), r1 = _mm512_loadu_ps(s1 + k);
+      const __m512 r2 = _mm512_loadu_ps(s2 + k), r3 = _mm512_loadu_ps(s3 + k);
+      const __m512 t0 = _mm512_unpacklo_ps(r0, r1), t1 = _mm512_unpackhi_ps(r0, r1);
+      const __m512 t2 = _mm512_unpacklo_ps(r2, r3), t3 = _mm512_unpackhi_ps(r2, r3);
+      // u_j lane L = (row0..row3) at k + 4L + j
+      const __m512 u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+      const __m512 u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+      float* dk = d + k * ld;
+#define LORAGRAD_STORE_LANE(L)                                                \
+  _mm_storeu_ps(dk + (4 * L + 0) * ld, _mm512_extractf32x4_ps(u0, L));        \
+  _mm_storeu_ps(dk + (4 * L + 1) * ld, _mm512_extractf32x4_ps(u1, L));        \
+  _mm_storeu_ps(dk + (4 * L + 2) * ld, _mm512_extractf32x4_ps(u2, L));        \
+  _mm_storeu_ps(dk + (4 * L + 3) * ld, _mm512_extractf32x4_ps(u3, L));
+      LORAGRAD_STORE_LANE(0)
+      LORAGRAD_STORE_LANE(1)
+      LORAGRAD_STORE_LANE(2)
+      LORAGRAD_STORE_LANE(3)
+#undef LORAGRAD_STORE_LANE
+    }
+#endif
+    for (; k + 4 <= kc; k += 4) {
+      __m128 r0 = _mm_loadu_ps(s0 + k), r1 = _mm_loadu_ps(s1 + k);
+      __m128 r2 = _mm_loadu_ps(s2 + k), r3 = _mm_loadu_ps(s3 + k);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(d + (k + 0) * ld, r0);
+      _mm_storeu_ps(d + (k + 1) * ld, r1);
+      _mm_storeu_ps(d + (k + 2) * ld, r2);
+      _mm_storeu_ps(d + (k + 3) * ld, r3);
+    }
+    for (; k < kc; ++k) {
+      float* dk = d + k * ld;
+      dk[0] = s0[k];
+      dk[1] = s1[k];
+      dk[2] = s2[k];
+      dk[3] = s3[k];
+    }
+  }
+#endif
+  for (; r < rows; ++r) {
+    const float* s = src + r * lds;
+    for (int64_t k = 0; k < kc; ++k) dst[k * ld + r] = s[k];
+  }
+}
+
 // Pack op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/MR) row slivers of (kc, MR):
 //   dst[s*kc*MR + k*MR + r] = op(A)[i0 + s*MR + r][p0 + k], rows past mc are 0.
 // The micro-kernel then reads the MR values it broadcasts at step k from one
@@ -151,14 +215,10 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, i
         for (int64_t r = rows; r < MR; ++r) d[r] = 0.0f;
       }
     } else {
-      // op(A)(i, p) = A[i*lda + p]: rows of A are contiguous along k; interleave
-      // them. The (kc, MR) sliver is small enough to stay in L1 while written.
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* src = A + (ib + r) * lda + p0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = src[k];
-      }
-      for (int64_t r = rows; r < MR; ++r)
-        for (int64_t k = 0; k < kc; ++k) dst[k * MR + r] = 0.0f;
+      // op(A)(i, p) = A[i*lda + p]: rows of A are contiguous along k; interleave.
+      interleave_rows(A + ib * lda + p0, lda, rows, kc, dst, MR);
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = 0.0f;
     }
   }
 }
@@ -175,6 +235,14 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, i
 void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float alpha,
                   float beta, float* __restrict c, int64_t ldc) {
   Vec acc[MR][NV];  // (MR, NR) tile of C, in registers
+#ifdef TUNE_PFC
+  // Start fetching the C tile now: it is read (and written) only after the
+  // depth loop, and by then a miss would stall the whole tile.
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < NR; v += 16) __builtin_prefetch(c + r * ldc + v, 1, 3);
+#endif
 #pragma GCC unroll 16
   for (int64_t r = 0; r < MR; ++r)
 #pragma GCC unroll 8
@@ -257,76 +325,73 @@ struct Problem {
   float* bpack;  // (KC, NC) packed B panel, shared by all threads of the call
 };
 
-// How nt threads split the C panel: tm groups of rows x tn groups of NR
-// slivers. Row splitting shares each packed B panel and duplicates nothing;
-// splitting columns makes every thread of a row group pack the same A block,
-// so it is only chosen when there are too few rows (e.g. M = 8, N = 4096).
-void choose_grid(int nt, int64_t M, int64_t N, int& tm, int& tn) {
+// How the C panel of one (jc, pc) step is cut into work items: nb_m row blocks
+// (whole MR tiles, at most MC rows) x nb_n groups of NR slivers. Threads take
+// items dynamically, so a thread that loses its core to another process (this
+// machine is shared) does not hold the other one back by a whole static share.
+//   * Enough rows: only rows are split (every item reuses the shared B panel,
+//     nothing is duplicated), into a multiple of nt blocks so that an idle
+//     machine still gets equal shares.
+//   * Few rows (e.g. M = 8, N = 4096): columns are split as well; the items of
+//     one row block then each pack the same small A block.
+struct Grid {
+  int64_t nb_m, nb_n;
+};
+
+Grid choose_grid(int nt, int64_t M, int64_t N) {
   const int64_t row_tiles = ceil_div(M, MR);
-  const int64_t col_tiles = ceil_div(std::min(N, NC), NR);
-  int64_t best = -1;
-  for (int d = nt; d >= 1; --d) {  // prefer more row groups on ties
-    if (nt % d) continue;
-    const int64_t cost = ceil_div(row_tiles, d) * ceil_div(col_tiles, nt / d);
-    if (best < 0 || cost < best) {
-      best = cost;
-      tm = d;
-      tn = nt / d;
-    }
+  Grid g{ceil_div(row_tiles, MC / MR), 1};
+  if (nt == 1) return g;
+  if (row_tiles >= 4 * nt) {
+    g.nb_m = std::min(row_tiles, ceil_div(g.nb_m, nt) * nt);
+  } else {
+    const int64_t slivers = ceil_div(std::min(N, NC), NR);
+    g.nb_m = row_tiles;
+    g.nb_n = std::min(slivers, ceil_div(4 * nt, row_tiles));
   }
+  return g;
 }
 
-// The loop nest run by thread tid of nt (nt == 1: serial, no barriers, which
-// is also what makes it safe to call from inside a caller's parallel region).
-void run_thread(const Problem& p, int tid, int nt) {
-  int tm = 1, tn = 1;
-  choose_grid(nt, p.M, p.N, tm, tn);
-  const int tid_m = tid % tm, tid_n = tid / tm;
-
-  // This thread's rows, in whole MR tiles so slivers never straddle threads.
+// The loop nest. nt == 1: serial, plain loops and no OpenMP constructs (so it
+// is safe inside a caller's parallel region). nt > 1: must be called by every
+// thread of a team of nt; the worksharing loops' implicit barriers separate
+// packing a B panel from using it, and using it from overwriting it.
+void run(const Problem& p, int nt, Grid g) {
+  float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers, this thread's
   const int64_t row_tiles = ceil_div(p.M, MR);
-  const int64_t m_lo = std::min(p.M, row_tiles * tid_m / tm * MR);
-  const int64_t m_hi = std::min(p.M, row_tiles * (tid_m + 1) / tm * MR);
-
-  float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers
 
   for (int64_t jc = 0; jc < p.N; jc += NC) {
     const int64_t nc = std::min(NC, p.N - jc);
     const int64_t slivers = ceil_div(nc, NR);
-    // This thread's NR slivers of the panel for the compute phase.
-    const int64_t s_lo = slivers * tid_n / tn, s_hi = slivers * (tid_n + 1) / tn;
 
     for (int64_t pc = 0; pc < p.K; pc += KC) {
       const int64_t kc = std::min(KC, p.K - pc);
       const float beta = pc == 0 ? p.beta : 1.0f;  // later depth blocks accumulate
 
-      // Pack the shared B panel: every thread packs a contiguous run of slivers.
-      // The first barrier keeps it from overwriting a panel others still read.
-      if (nt > 1) {
-#pragma omp barrier
-      }
-      {
-        const int64_t b_lo = slivers * tid / nt, b_hi = slivers * (tid + 1) / nt;
-        if (b_hi > b_lo)
-          p.B->pack(pc, kc, jc + b_lo * NR, std::min(nc, b_hi * NR) - b_lo * NR,
-                    p.bpack + b_lo * kc * NR);
-      }
-      if (nt > 1) {
-#pragma omp barrier
-      }
-      if (s_hi <= s_lo) continue;
+      // Pack op(B)[pc:+kc, jc:+nc] in `pieces` runs of whole slivers.
+      const int64_t pieces = nt == 1 ? 1 : std::min(slivers, int64_t(4) * nt);
+      auto pack_piece = [&](int64_t q) {
+        const int64_t s0 = slivers * q / pieces, s1 = slivers * (q + 1) / pieces;
+        if (s1 > s0)
+          p.B->pack(pc, kc, jc + s0 * NR, std::min(nc, s1 * NR) - s0 * NR, p.bpack + s0 * kc * NR);
+      };
 
-      for (int64_t ic = m_lo; ic < m_hi; ic += MC) {
-        const int64_t mc = std::min(MC, m_hi - ic);
-        pack_a(p.trans_a, p.A, p.lda, ic, mc, pc, kc, apack);
+      // One work item: row block bm x sliver group bn of this panel.
+      auto compute_item = [&](int64_t item) {
+        const int64_t bm = item / g.nb_n, bn = item % g.nb_n;
+        const int64_t i0 = row_tiles * bm / g.nb_m * MR;
+        const int64_t mc = std::min(p.M, row_tiles * (bm + 1) / g.nb_m * MR) - i0;
+        const int64_t s_lo = slivers * bn / g.nb_n, s_hi = slivers * (bn + 1) / g.nb_n;
+        if (mc <= 0 || s_hi <= s_lo) return;
+        pack_a(p.trans_a, p.A, p.lda, i0, mc, pc, kc, apack);
 
         for (int64_t s = s_lo; s < s_hi; ++s) {
-          const float* bs = p.bpack + s * kc * NR;  // (kc, NR) sliver, L1-resident
+          const float* bs = p.bpack + s * kc * NR;  // (kc, NR) sliver, reused by every ir
           const int64_t j = jc + s * NR;
           const int64_t nr = std::min(NR, p.N - j);
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const float* as = apack + ir * kc;  // (kc, MR) sliver
-            float* c = p.C + (ic + ir) * p.ldc + j;
+            float* c = p.C + (i0 + ir) * p.ldc + j;
             const int64_t mr = std::min(MR, mc - ir);
             if (mr == MR && nr == NR)
               micro_kernel(kc, as, bs, p.alpha, beta, c, p.ldc);
@@ -334,6 +399,19 @@ void run_thread(const Problem& p, int tid, int nt) {
               edge_kernel(kc, as, bs, p.alpha, beta, c, p.ldc, mr, nr);
           }
         }
+      };
+
+      const int64_t items = g.nb_m * g.nb_n;
+      if (nt == 1) {
+        pack_piece(0);
+        for (int64_t it = 0; it < items; ++it) compute_item(it);
+      } else {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t q = 0; q < pieces; ++q) pack_piece(q);
+        // (implicit barrier: the panel is complete)
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; ++it) compute_item(it);
+        // (implicit barrier: nobody reads the panel any more)
       }
     }
   }
@@ -377,13 +455,10 @@ void StridedBSource::pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float*
       }
     } else {
       // op(B)(p, j) = B[j*ldb + p]: a transpose; column c of the sliver is a
-      // contiguous run of row jb + c of B. The (kc, NR) sliver stays in L1.
-      for (int64_t c = 0; c < cols; ++c) {
-        const float* src = B_ + (jb + c) * ldb_ + k0;
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = src[k];
-      }
-      for (int64_t c = cols; c < NR; ++c)
-        for (int64_t k = 0; k < kc; ++k) dst[k * NR + c] = 0.0f;
+      // contiguous run of row jb + c of B.
+      interleave_rows(B_ + jb * ldb_ + k0, ldb_, cols, kc, dst, NR);
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t c = cols; c < NR; ++c) dst[k * NR + c] = 0.0f;
     }
   }
 }
@@ -407,11 +482,15 @@ void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, c
   const double flops = 2.0 * double(M) * double(N) * double(K);
   const int nt = (flops >= kParallelFlops && !omp_in_parallel()) ? omp_get_max_threads() : 1;
   if (nt <= 1) {
-    run_thread(p, 0, 1);
+    run(p, 1, choose_grid(1, M, N));
     return;
   }
 #pragma omp parallel num_threads(nt)
-  run_thread(p, omp_get_thread_num(), omp_get_num_threads());
+  {
+    // The team may be smaller than asked for (OMP_DYNAMIC, thread limits).
+    const int team = omp_get_num_threads();
+    run(p, team, choose_grid(team, M, N));
+  }
 }
 
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -111,7 +111,7 @@ static void broadcast_apply(const Tensor& a, const Tensor& b, Tensor& out, F f) 
 template <class F>
 static Tensor binary(Op op, const Tensor& a, const Tensor& b, F f) {
   check_same_dtype(a, b, op_name(op));
-  Tensor out = empty(broadcast_shapes(a.shape(), b.shape(), op_name(op)), a.dtype());
+  Tensor out = uninitialized(broadcast_shapes(a.shape(), b.shape(), op_name(op)), a.dtype());
   dispatch_float(a.dtype(), op_name(op), [&](auto tag) {
     using T = decltype(tag);
     broadcast_apply<T>(a, b, out, [&](T x, T y) { return static_cast<T>(f(x, y)); });
@@ -161,7 +161,7 @@ Tensor div(const Tensor& a, const Tensor& b) {
 template <class F>
 static Tensor map(const Tensor& x, const char* op, F f) {
   check_floating(x, op);
-  Tensor y = empty(x.shape(), x.dtype());
+  Tensor y = uninitialized(x.shape(), x.dtype());
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();  // (numel)
@@ -177,7 +177,7 @@ static Tensor map(const Tensor& x, const char* op, F f) {
 // a unary op from its upstream gradient g and one saved tensor s.
 template <class F>
 static Tensor zip(const Tensor& g, const Tensor& s, const char* op, F f) {
-  Tensor out = empty(g.shape(), g.dtype());
+  Tensor out = uninitialized(g.shape(), g.dtype());
   dispatch_float(g.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     const T* pg = g.data<T>();  // (numel)
@@ -328,7 +328,7 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
     throw ValueError("dropout: p must be in [0, 1), got " + std::to_string(p));
   if (!training || p == 0) return x;
   // scale[i] = 0 with probability p, else 1/(1-p); the same tensor scales the gradient.
-  Tensor scale = empty(x.shape(), x.dtype());
+  Tensor scale = uninitialized(x.shape(), x.dtype());
   const uint64_t seed = gen.seed(), base = gen.reserve(static_cast<uint64_t>(x.numel()));
   dispatch_float(x.dtype(), "dropout", [&](auto tag) {
     using T = decltype(tag);

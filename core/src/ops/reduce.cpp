@@ -71,10 +71,11 @@ void sum_block(const T* x, T* y, int64_t outer, int64_t red, int64_t inner, doub
     const int64_t nblocks = (red + kBlock - 1) / kBlock;
     std::vector<double> partial(static_cast<size_t>(nblocks));  // (nblocks)
     parallel_for(nblocks, red, [&](int64_t b) {
-      const int64_t r0 = b * kBlock, r1 = std::min(red, r0 + kBlock);
+      const int64_t r0 = b * kBlock, len = std::min(red - r0, kBlock);
+      const T* blk = x + r0;  // (len)
       double s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t r = r0; r < r1; ++r) s += static_cast<double>(x[r]);
+      for (int64_t r = 0; r < len; ++r) s += static_cast<double>(blk[r]);
       partial[b] = s;
     });
     double s = 0;
@@ -92,13 +93,20 @@ void sum_block(const T* x, T* y, int64_t outer, int64_t red, int64_t inner, doub
     });
     return;
   }
-  // Column blocks: each task owns `kCols` output columns of one outer slice,
-  // so tasks never write the same output and the accumulator stays in L1.
-  constexpr int64_t kCols = 256;
-  const int64_t ncb = (inner + kCols - 1) / kCols;
+  // Column blocks: each task owns up to kMaxCols output columns of one outer
+  // slice, so tasks never write the same output and the accumulator stays in
+  // L1. With one slice (sum_to's bias pattern, (B*T, C) -> C) the columns are
+  // split evenly over the threads.
+  constexpr int64_t kMaxCols = 512;
+  int64_t cols = kMaxCols;
+  if (outer == 1 && use_threads(work)) {
+    const int64_t nt = omp_get_max_threads();
+    cols = std::min(kMaxCols, std::max<int64_t>(16, ((inner + nt - 1) / nt + 15) / 16 * 16));
+  }
+  const int64_t ncb = (inner + cols - 1) / cols;
   parallel_for(outer * ncb, work, [&](int64_t task) {
-    const int64_t o = task / ncb, j0 = (task % ncb) * kCols, nj = std::min(kCols, inner - j0);
-    double acc[kCols];  // (nj)
+    const int64_t o = task / ncb, j0 = (task % ncb) * cols, nj = std::min(cols, inner - j0);
+    double acc[kMaxCols];  // (nj)
     for (int64_t j = 0; j < nj; ++j) acc[j] = 0;
     const T* base = x + o * red * inner + j0;  // (red, inner) slice, columns j0..j0+nj
     for (int64_t r = 0; r < red; ++r) {
@@ -218,6 +226,24 @@ Tensor sum_or_mean(Op op, const Tensor& x, const std::vector<int64_t>& dims, boo
 template <class T>
 void max_block(const T* x, T* y, int64_t* idx, int64_t outer, int64_t red, int64_t inner) {
   auto greater = [](T v, T best) { return v > best || (std::isnan(v) && !std::isnan(best)); };
+  if (inner == 1) {
+    // Rows: a vectorised max (noting NaNs), then the first index holding it.
+    parallel_for(outer, outer * red, [&](int64_t o) {
+      const T* row = x + o * red;  // (red)
+      T m = row[0];
+      bool nan = false;
+#pragma omp simd reduction(max : m) reduction(|| : nan)
+      for (int64_t r = 0; r < red; ++r) {
+        m = row[r] > m ? row[r] : m;
+        nan = nan || row[r] != row[r];
+      }
+      int64_t at = 0;
+      while (nan ? !std::isnan(row[at]) : row[at] != m) ++at;
+      y[o] = row[at];
+      idx[o] = at;
+    });
+    return;
+  }
   parallel_for(outer, outer * red * inner, [&](int64_t o) {
     const T* base = x + o * red * inner;  // (red, inner)
     T* yo = y + o * inner;                // (inner)

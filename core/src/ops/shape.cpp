@@ -14,8 +14,6 @@
 namespace loragrad {
 namespace {
 
-std::string dims_str(const std::vector<int64_t>& v) { return shape_str(v); }
-
 // Call f(U{}) with an unsigned integer U of the dtype's element size.
 template <class F>
 void dispatch_bytes(DType dt, F&& f) {
@@ -161,14 +159,14 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
   check_defined(x, "permute");
   const int64_t nd = x.dim();
   if (static_cast<int64_t>(order.size()) != nd)
-    throw ShapeError("permute: order " + dims_str(order) + " has " + std::to_string(order.size()) +
+    throw ShapeError("permute: order " + shape_str(order) + " has " + std::to_string(order.size()) +
                      " dims, tensor of shape " + shape_str(x.shape()) + " has " + std::to_string(nd));
   std::vector<int64_t> wrapped(order.size());
   std::vector<bool> seen(order.size(), false);
   for (size_t k = 0; k < order.size(); ++k) {
     wrapped[k] = wrap_dim(order[k], nd, "permute");
     if (seen[wrapped[k]])
-      throw ValueError("permute: dim " + std::to_string(order[k]) + " repeated in order " + dims_str(order));
+      throw ValueError("permute: dim " + std::to_string(order[k]) + " repeated in order " + shape_str(order));
     seen[wrapped[k]] = true;
   }
   return permute_any(Op::permute, x, wrapped);

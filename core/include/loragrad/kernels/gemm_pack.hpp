@@ -69,7 +69,7 @@ inline constexpr int64_t kGemmNR = 8;  // 2 x 4 floats (SSE2)
 #ifdef TUNE_KC
 inline constexpr int64_t kGemmKC = TUNE_KC;
 #else
-inline constexpr int64_t kGemmKC = 256;
+inline constexpr int64_t kGemmKC = 512;
 #endif
 
 // Floats a packed B block of kc rows and nc columns occupies.
