@@ -91,8 +91,21 @@ int main(int argc, char** argv) {
     }
   }
 
-  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
-  std::printf("OPENBLAS_CORETYPE=%s\n", coretype ? coretype : "(unset)");
+  auto env = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v ? v : "(unset)";
+  };
+  std::printf("OPENBLAS_CORETYPE=%s\n", env("OPENBLAS_CORETYPE"));
+  // Both libraries' threads spin-wait; on a machine shared with other work
+  // the wait policy and the load decide the 2-thread numbers as much as the
+  // kernels do (libgomp spins 300000 PAUSEs by default, ~6 ms on Zen 5).
+  std::printf("OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n", env("OMP_WAIT_POLICY"),
+              env("GOMP_SPINCOUNT"));
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    char buf[128] = {};
+    if (std::fgets(buf, sizeof buf, f)) std::printf("load average at start: %s", buf);
+    std::fclose(f);
+  }
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
   // Looked up at run time: these are OpenBLAS extensions, not part of CBLAS.
   auto set_blas_threads =

@@ -4,31 +4,36 @@
 //
 // Float algorithm (the GotoBLAS / BLIS loop nest):
 //
-//   for jc in [0, N) step NC                  one column panel of C and op(B)
-//     for pc in [0, K) step KC                one depth block
-//       pack op(B)[pc:+kc, jc:+nc] -> bpack   all threads share it (L2/L3)
-//       for ic in this thread's rows step MC
-//         pack op(A)[ic:+mc, pc:+kc] -> apack per thread, stays in L2
-//         for each NR sliver of bpack         stays in L1 across the ir loop
+//   for jc in [0, N) step NC                    one column panel of C and op(B)
+//     for pc in [0, K) step KC                  one depth block
+//       pack op(B)[pc:+kc, jc:+nc] -> bpack     (KC, NC), L3
+//       for each row block ic (<= MC rows)      a work item; threads take items
+//         pack op(A)[ic:+mc, pc:+kc] -> apack   (MC, KC), per thread, L2
+//         for each NR sliver jr of bpack        (KC, NR), reused across ir
 //           for ir in [0, mc) step MR
 //             micro-kernel: C[ir:+MR, jr:+NR] = alpha * apack_sliver @ bpack_sliver + beta' * C
 //
 // with beta' = beta for the first depth block and 1 afterwards. The vector
 // dimension is N (contiguous in row-major C and in the packed B sliver); the
-// MR rows of A are broadcast one float at a time. All transposes, strides and
-// ragged edges are absorbed by the packing routines: they zero-pad to whole
-// MR / NR tiles, so the micro-kernel only ever sees full, unit-stride tiles.
-// A partial tile of C is computed into a scratch tile and merged by hand.
+// MR rows of A are broadcast one float at a time. Transposes and strides are
+// absorbed by the packing routines, so the micro-kernel only ever reads
+// unit-stride slivers. Ragged edges: the last row tile runs a kernel
+// instantiated for fewer rows; a tile narrower than NR (B's last sliver is
+// zero-padded) is computed into a scratch tile and merged by hand.
+// Tiny untransposed operands skip packing (see kDirectAFloats).
+// Threads: see run().
 
 #include "loragrad/kernels/gemm.hpp"
 
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <memory>
 #include <new>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <xsimd/xsimd.hpp>
@@ -62,29 +67,31 @@ constexpr int64_t MR = kGemmMR;         // rows of the register tile (broadcast 
 constexpr int64_t NR = kGemmNR;         // columns of the register tile (NV vectors)
 constexpr int64_t W = Vec::size;        // floats per vector
 constexpr int64_t NV = NR / W;          // vectors per tile row
-constexpr int64_t KC = kGemmKC;         // depth block: a (KC, NR) B sliver must stay in L1
+constexpr int64_t KC = kGemmKC;         // depth block (see gemm_pack.hpp)
 static_assert(NR % W == 0, "NR must be a whole number of vectors");
 static_assert(KC % 64 == 0, "KC is promised to quantised sources to be a multiple of 64");
 
-// MC: rows of A packed at once; the (MC, KC) packed block stays in L2
-// (1 MiB per core here) while every B sliver of the panel streams past it.
-// NC: columns of one B panel; the (KC, NC) panel is shared by the threads and
-// is re-read for every MC block, so it should stay in L2/L3.
-#ifdef TUNE_MC
-constexpr int64_t MC = TUNE_MC;
-#else
+// MC: at most this many rows of A are packed at once; the (MC, KC) block
+// (384 KiB) stays in L2 (1 MiB per core here) while the B slivers of the
+// panel stream past it. 96..288 measured within noise of each other; 384
+// is 5-8% slower (the block no longer fits next to the B traffic).
+// NC: columns of one B panel; the (KC, NC) panel (8 MiB) lives in L3 and is
+// re-read for every row block. Every shape of the model fits one panel.
 constexpr int64_t MC = 192;
-#endif
-#ifdef TUNE_NC
-constexpr int64_t NC = TUNE_NC;
-#else
 constexpr int64_t NC = 4096;
-#endif
 static_assert(MC % MR == 0 && NC % NR == 0, "blocks must hold whole tiles");
 
 // Below this many flops a parallel region costs more than it saves (a fork /
-// join is several microseconds; 2e6 flops is about 10 us on one core).
+// join with hot threads is 1-2 us; 2e6 flops is about 10 us on one core).
 constexpr double kParallelFlops = 2e6;
+
+// Tiny operands are read in place instead of packed: an untransposed B (or
+// A) spanning at most this many floats (32 KiB, 2/3 of L1) from its first to
+// its last row. For such products packing costs 10-20% of the time (64^3:
+// 150 -> 180 GFLOP/s with both in place), and a span this short stays in L1
+// whatever the leading dimension, so the strided reads cannot thrash it.
+constexpr int64_t kDirectBFloats = 8192;
+constexpr int64_t kDirectAFloats = 8192;
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -127,22 +134,24 @@ class AlignedBuffer {
 };
 
 thread_local AlignedBuffer tls_apack;  // (MC, KC) packed A, MR-row slivers; per thread
-thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers; owned by the
-                                       // calling thread, shared with its workers
+thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers: the calling
+                                       // thread's is shared with its team (several panels),
+                                       // or each thread packs its own (one panel)
 
 // ---------------------------------------------------------------------------
 // Packing
 // ---------------------------------------------------------------------------
 // Interleave `rows` rows of length kc (row r starts at src + r*lds) into a
 // sliver of width ld:  dst[k*ld + r] = src[r*lds + k]. This is the transpose
-// both "row-major A" and "transposed B" need; done element by element it costs
-// about as much as the whole GEMM when N (for A) or M (for B) is ~100, so rows
-// are handled four at a time with in-register 4x4 transposes: per 4 rows and
-// 16 values of k, 4 loads, 8 shuffles and 16 128-bit stores.
+// both "row-major A" and "transposed B" need. Element by element it took
+// ~10% of the run time of x(2048, 256) @ W(256, 256) (its cost per flop grows
+// as 1/N for A, 1/M for B), so rows are handled four at a time with
+// in-register 4x4 transposes: per 4 rows and 16 values of k, 4 loads,
+// 8 shuffles and 16 128-bit stores (scalar code for the leftovers).
 void interleave_rows(const float* src, int64_t lds, int64_t rows, int64_t kc, float* dst,
                      int64_t ld) {
   int64_t r = 0;
-#if defined(__AVX512F__) || defined(__SSE2__)
+#if defined(__SSE2__)
   for (; r + 4 <= rows; r += 4) {
     const float* s0 = src + r * lds;
     const float* s1 = s0 + lds;
@@ -198,9 +207,10 @@ void interleave_rows(const float* src, int64_t lds, int64_t rows, int64_t kc, fl
 }
 
 // Pack op(A)[i0:i0+mc, p0:p0+kc] as ceil(mc/MR) row slivers of (kc, MR):
-//   dst[s*kc*MR + k*MR + r] = op(A)[i0 + s*MR + r][p0 + k], rows past mc are 0.
+//   dst[s*kc*MR + k*MR + r] = op(A)[i0 + s*MR + r][p0 + k]
 // The micro-kernel then reads the MR values it broadcasts at step k from one
-// contiguous run.
+// contiguous run. Rows past mc in the last sliver are left unset: the kernel
+// for a partial tile only reads the rows that exist.
 void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0,
             int64_t kc, float* dst) {
   for (int64_t s = 0; s * MR < mc; ++s, dst += kc * MR) {
@@ -212,13 +222,10 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, i
         const float* src = A + (p0 + k) * lda + ib;
         float* d = dst + k * MR;
         for (int64_t r = 0; r < rows; ++r) d[r] = src[r];
-        for (int64_t r = rows; r < MR; ++r) d[r] = 0.0f;
       }
     } else {
       // op(A)(i, p) = A[i*lda + p]: rows of A are contiguous along k; interleave.
       interleave_rows(A + ib * lda + p0, lda, rows, kc, dst, MR);
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t r = rows; r < MR; ++r) dst[k * MR + r] = 0.0f;
     }
   }
 }
@@ -226,35 +233,36 @@ void pack_a(bool trans_a, const float* A, int64_t lda, int64_t i0, int64_t mc, i
 // ---------------------------------------------------------------------------
 // Micro-kernel
 // ---------------------------------------------------------------------------
-// c[0:MR, 0:NR] = alpha * (a @ b) + beta * c     (beta == 0: c is not read)
-//   a: (kc, MR) packed sliver of op(A), b: (kc, NR) packed sliver of op(B),
-//   b 64-byte aligned; c has row stride ldc.
-// The MR x NV accumulators live in registers for the whole depth loop
+// c[0:R, 0:NR] = alpha * (a @ b) + beta * c     (beta == 0: c is not read)
+//   a: kInPlaceA false: (kc, MR) packed sliver of op(A) (its first R rows used)
+//      kInPlaceA true:  R rows of a row-major A read in place, row stride lda
+//   b: (kc, NR) sliver of op(B), row k at b + k*ldb (ldb == NR when packed);
+//   c has row stride ldc.
+// R == MR is the hot kernel; R < MR serves the last, partial row tile so it
+// costs R/MR of a full one instead of a full one.
+// The R x NV accumulators live in registers for the whole depth loop
 // (12 x 2 = 24 of the 32 zmm registers on AVX-512, the rest hold the B
 // vectors and the broadcast A value).
-void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float alpha,
-                  float beta, float* __restrict c, int64_t ldc) {
-  Vec acc[MR][NV];  // (MR, NR) tile of C, in registers
-#ifdef TUNE_PFC
-  // Start fetching the C tile now: it is read (and written) only after the
-  // depth loop, and by then a miss would stall the whole tile.
+template <int R, bool kInPlaceA>
+void micro_kernel(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b,
+                  int64_t ldb, float alpha, float beta, float* __restrict c, int64_t ldc) {
+  // op(A)[r][k] = a[r * a_rs + k * a_ks]; compile-time strides for the packed
+  // (hot) case keep its addressing to one pointer.
+  const int64_t a_rs = kInPlaceA ? lda : 1;
+  constexpr int64_t a_ks = kInPlaceA ? 1 : MR;
+  Vec acc[R][NV];  // (R, NR) tile of C, in registers
 #pragma GCC unroll 16
-  for (int64_t r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-    for (int64_t v = 0; v < NR; v += 16) __builtin_prefetch(c + r * ldc + v, 1, 3);
-#endif
-#pragma GCC unroll 16
-  for (int64_t r = 0; r < MR; ++r)
+  for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
     for (int64_t v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
 
-  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+  for (int64_t k = 0; k < kc; ++k, a += a_ks, b += ldb) {
     Vec bv[NV];  // row k of the B sliver
 #pragma GCC unroll 8
-    for (int64_t v = 0; v < NV; ++v) bv[v] = Vec::load_aligned(b + v * W);
+    for (int64_t v = 0; v < NV; ++v) bv[v] = Vec::load_unaligned(b + v * W);
 #pragma GCC unroll 16
-    for (int64_t r = 0; r < MR; ++r) {
-      const Vec av(a[r]);  // broadcast op(A)[r][k]
+    for (int r = 0; r < R; ++r) {
+      const Vec av(a[r * a_rs]);  // broadcast op(A)[r][k]
 #pragma GCC unroll 8
       for (int64_t v = 0; v < NV; ++v) acc[r][v] = fmadd(av, bv[v], acc[r][v]);
     }
@@ -263,13 +271,13 @@ void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict
   const Vec va(alpha);
   if (beta == 0.0f) {
 #pragma GCC unroll 16
-    for (int64_t r = 0; r < MR; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
       for (int64_t v = 0; v < NV; ++v) (acc[r][v] * va).store_unaligned(c + r * ldc + v * W);
   } else {
     const Vec vb(beta);
 #pragma GCC unroll 16
-    for (int64_t r = 0; r < MR; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 8
       for (int64_t v = 0; v < NV; ++v) {
         float* cp = c + r * ldc + v * W;
@@ -278,12 +286,31 @@ void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict
   }
 }
 
-// C[0:mr, 0:nr] of a tile at the ragged right/bottom edge: run the full kernel
-// into a scratch tile, then merge only the valid part (beta == 0: C not read).
-void edge_kernel(int64_t kc, const float* a, const float* b, float alpha, float beta, float* c,
-                 int64_t ldc, int64_t mr, int64_t nr) {
+using KernelFn = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float, float,
+                          float*, int64_t);
+
+template <bool kInPlaceA, size_t... I>
+constexpr std::array<KernelFn, MR> make_kernels(std::index_sequence<I...>) {
+  return {&micro_kernel<int(I) + 1, kInPlaceA>...};
+}
+// kKernels[in_place_a][r - 1] computes the first r rows of a tile.
+constexpr std::array<KernelFn, MR> kKernels[2] = {
+    make_kernels<false>(std::make_index_sequence<MR>{}),
+    make_kernels<true>(std::make_index_sequence<MR>{})};
+
+// One tile of C: c[0:mr, 0:nr], mr <= MR, nr <= NR. Full-width tiles are
+// written directly; a tile at the ragged right edge is computed into a
+// scratch tile and only its valid columns are merged (beta == 0: C not read).
+inline void compute_tile(int64_t kc, const float* a, int64_t lda, bool in_place_a,
+                         const float* b, int64_t ldb, float alpha, float beta, float* c,
+                         int64_t ldc, int64_t mr, int64_t nr) {
+  const KernelFn kernel = kKernels[in_place_a][mr - 1];
+  if (nr == NR) {
+    kernel(kc, a, lda, b, ldb, alpha, beta, c, ldc);
+    return;
+  }
   alignas(64) float tile[MR * NR];  // (MR, NR) scratch, row stride NR
-  micro_kernel(kc, a, b, alpha, 0.0f, tile, NR);
+  kernel(kc, a, lda, b, ldb, alpha, 0.0f, tile, NR);
   for (int64_t i = 0; i < mr; ++i) {
     float* crow = c + i * ldc;
     const float* trow = tile + i * NR;
@@ -322,16 +349,22 @@ struct Problem {
   float beta;
   float* C;
   int64_t ldc;
-  float* bpack;  // (KC, NC) packed B panel, shared by all threads of the call
+  float* bpack;  // (KC, NC) packed B panel of the calling thread (shared by the team)
+  // op(B) as a plain (K, N) row-major matrix with row stride ldb when it is so
+  // small (at most kDirectBFloats floats from first to last row) that it sits
+  // in L1 as it is: its full slivers are then read in place, unpacked.
+  const float* direct_b;
+  int64_t ldb;
+  // Likewise a small untransposed A (at most kDirectAFloats) is read in place.
+  bool in_place_a;
 };
 
 // How the C panel of one (jc, pc) step is cut into work items: nb_m row blocks
 // (whole MR tiles, at most MC rows) x nb_n groups of NR slivers. Threads take
-// items dynamically, so a thread that loses its core to another process (this
-// machine is shared) does not hold the other one back by a whole static share.
-//   * Enough rows: only rows are split (every item reuses the shared B panel,
-//     nothing is duplicated), into a multiple of nt blocks so that an idle
-//     machine still gets equal shares.
+// items dynamically, so a thread that loses its core to another process does
+// not hold the other one back by a whole static share.
+//   * Enough rows: only rows are split (every item reuses the same B panel),
+//     into a multiple of nt blocks so that an idle machine gets equal shares.
 //   * Few rows (e.g. M = 8, N = 4096): columns are split as well; the items of
 //     one row block then each pack the same small A block.
 struct Grid {
@@ -352,67 +385,124 @@ Grid choose_grid(int nt, int64_t M, int64_t N) {
   return g;
 }
 
+// One (jc, pc) step of the loop nest, identical in every thread.
+struct Panel {
+  int64_t jc, nc, slivers;  // columns [jc, jc + nc) of C and op(B), in NR slivers
+  int64_t pc, kc;           // depth [pc, pc + kc)
+  float beta;               // beta for the first depth block, then 1 (accumulate)
+  int64_t first_packed;     // slivers before this one are read in place (direct B)
+};
+
+Panel make_panel(const Problem& p, int64_t jc, int64_t pc) {
+  Panel P;
+  P.jc = jc;
+  P.nc = std::min(NC, p.N - jc);
+  P.slivers = ceil_div(P.nc, NR);
+  P.pc = pc;
+  P.kc = std::min(KC, p.K - pc);
+  P.beta = pc == 0 ? p.beta : 1.0f;
+  P.first_packed = p.direct_b ? P.nc / NR : 0;  // in place: all but a ragged last sliver
+  return P;
+}
+
+// Pack slivers [s0, s1) of the panel into bpack, each at its sliver offset.
+void pack_slivers(const Problem& p, const Panel& P, int64_t s0, int64_t s1, float* bpack) {
+  s0 = std::max(s0, P.first_packed);
+  if (s1 > s0)
+    p.B->pack(P.pc, P.kc, P.jc + s0 * NR, std::min(P.nc, s1 * NR) - s0 * NR,
+              bpack + s0 * P.kc * NR);
+}
+
+// Work item `item` of the grid: rows [i0, i0 + mc) x slivers [s_lo, s_hi).
+struct Item {
+  int64_t i0, mc, s_lo, s_hi;
+};
+
+Item item_at(const Problem& p, const Panel& P, Grid g, int64_t item) {
+  const int64_t row_tiles = ceil_div(p.M, MR);
+  const int64_t bm = item / g.nb_n, bn = item % g.nb_n;
+  Item it;
+  it.i0 = row_tiles * bm / g.nb_m * MR;
+  it.mc = std::min(p.M, row_tiles * (bm + 1) / g.nb_m * MR) - it.i0;
+  it.s_lo = P.slivers * bn / g.nb_n;
+  it.s_hi = P.slivers * (bn + 1) / g.nb_n;
+  return it;
+}
+
+// C[item rows, item columns] (+)= alpha * op(A) block @ packed B panel.
+void compute_item(const Problem& p, const Panel& P, const Item& it, const float* bpack,
+                  float* apack) {
+  if (it.mc <= 0 || it.s_hi <= it.s_lo) return;
+  if (!p.in_place_a) pack_a(p.trans_a, p.A, p.lda, it.i0, it.mc, P.pc, P.kc, apack);
+
+  for (int64_t s = it.s_lo; s < it.s_hi; ++s) {
+    const int64_t j = P.jc + s * NR;
+    const int64_t nr = std::min(NR, p.N - j);
+    // (kc, NR) sliver of op(B), reused by every ir below (L1-resident);
+    // k stride NR when packed, ldb when read in place.
+    const bool in_place_b = s < P.first_packed;
+    const float* bs = in_place_b ? p.direct_b + P.pc * p.ldb + j : bpack + s * P.kc * NR;
+    const int64_t ldb = in_place_b ? p.ldb : NR;
+    for (int64_t ir = 0; ir < it.mc; ir += MR) {
+      const float* as = p.in_place_a ? p.A + (it.i0 + ir) * p.lda + P.pc  // MR rows of A
+                                     : apack + ir * P.kc;                 // (kc, MR) sliver
+      compute_tile(P.kc, as, p.lda, p.in_place_a, bs, ldb, p.alpha, P.beta,
+                   p.C + (it.i0 + ir) * p.ldc + j, p.ldc, std::min(MR, it.mc - ir), nr);
+    }
+  }
+}
+
 // The loop nest. nt == 1: serial, plain loops and no OpenMP constructs (so it
 // is safe inside a caller's parallel region). nt > 1: must be called by every
-// thread of a team of nt; the worksharing loops' implicit barriers separate
-// packing a B panel from using it, and using it from overwriting it.
+// thread of a team of nt.
+//
+// Synchronisation is kept to a minimum because the machine may be shared: a
+// barrier at which one thread has lost its core costs a scheduler time slice
+// (milliseconds), not microseconds.
+//   * One panel (K <= KC, N <= NC; every product up to 512 x 4096 deep/wide):
+//     each thread packs into its own buffer the B slivers of the items it
+//     takes; no barrier inside the region, only the fork and the join.
+//   * Several panels: the threads pack each B panel together into the
+//     caller's buffer; the worksharing loops' implicit barriers separate
+//     packing a panel from using it, and using it from overwriting it.
 void run(const Problem& p, int nt, Grid g) {
   float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers, this thread's
-  const int64_t row_tiles = ceil_div(p.M, MR);
+  const int64_t items = g.nb_m * g.nb_n;
+
+  if (nt > 1 && p.N <= NC && p.K <= KC) {
+    const Panel P = make_panel(p, 0, 0);
+    float* bown = tls_bpack.get(packed_b_floats(P.kc, P.nc));  // (kc, nc) this thread's copy
+    bool packed[NC / NR] = {};  // sliver groups already in bown
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t i = 0; i < items; ++i) {
+      const Item it = item_at(p, P, g, i);
+      const int64_t bn = i % g.nb_n;
+      if (!packed[bn]) {
+        pack_slivers(p, P, it.s_lo, it.s_hi, bown);
+        packed[bn] = true;
+      }
+      compute_item(p, P, it, bown, apack);
+    }
+    return;
+  }
 
   for (int64_t jc = 0; jc < p.N; jc += NC) {
-    const int64_t nc = std::min(NC, p.N - jc);
-    const int64_t slivers = ceil_div(nc, NR);
-
     for (int64_t pc = 0; pc < p.K; pc += KC) {
-      const int64_t kc = std::min(KC, p.K - pc);
-      const float beta = pc == 0 ? p.beta : 1.0f;  // later depth blocks accumulate
-
-      // Pack op(B)[pc:+kc, jc:+nc] in `pieces` runs of whole slivers.
-      const int64_t pieces = nt == 1 ? 1 : std::min(slivers, int64_t(4) * nt);
-      auto pack_piece = [&](int64_t q) {
-        const int64_t s0 = slivers * q / pieces, s1 = slivers * (q + 1) / pieces;
-        if (s1 > s0)
-          p.B->pack(pc, kc, jc + s0 * NR, std::min(nc, s1 * NR) - s0 * NR, p.bpack + s0 * kc * NR);
-      };
-
-      // One work item: row block bm x sliver group bn of this panel.
-      auto compute_item = [&](int64_t item) {
-        const int64_t bm = item / g.nb_n, bn = item % g.nb_n;
-        const int64_t i0 = row_tiles * bm / g.nb_m * MR;
-        const int64_t mc = std::min(p.M, row_tiles * (bm + 1) / g.nb_m * MR) - i0;
-        const int64_t s_lo = slivers * bn / g.nb_n, s_hi = slivers * (bn + 1) / g.nb_n;
-        if (mc <= 0 || s_hi <= s_lo) return;
-        pack_a(p.trans_a, p.A, p.lda, i0, mc, pc, kc, apack);
-
-        for (int64_t s = s_lo; s < s_hi; ++s) {
-          const float* bs = p.bpack + s * kc * NR;  // (kc, NR) sliver, reused by every ir
-          const int64_t j = jc + s * NR;
-          const int64_t nr = std::min(NR, p.N - j);
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const float* as = apack + ir * kc;  // (kc, MR) sliver
-            float* c = p.C + (i0 + ir) * p.ldc + j;
-            const int64_t mr = std::min(MR, mc - ir);
-            if (mr == MR && nr == NR)
-              micro_kernel(kc, as, bs, p.alpha, beta, c, p.ldc);
-            else
-              edge_kernel(kc, as, bs, p.alpha, beta, c, p.ldc, mr, nr);
-          }
-        }
-      };
-
-      const int64_t items = g.nb_m * g.nb_n;
+      const Panel P = make_panel(p, jc, pc);
       if (nt == 1) {
-        pack_piece(0);
-        for (int64_t it = 0; it < items; ++it) compute_item(it);
-      } else {
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t q = 0; q < pieces; ++q) pack_piece(q);
-        // (implicit barrier: the panel is complete)
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t it = 0; it < items; ++it) compute_item(it);
-        // (implicit barrier: nobody reads the panel any more)
+        pack_slivers(p, P, 0, P.slivers, p.bpack);
+        for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
+        continue;
       }
+      // Pack the shared panel in pieces of whole slivers.
+      const int64_t pieces = std::min(P.slivers, int64_t(4) * nt);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t q = 0; q < pieces; ++q)
+        pack_slivers(p, P, P.slivers * q / pieces, P.slivers * (q + 1) / pieces, p.bpack);
+      // (implicit barrier: the panel is complete)
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
+      // (implicit barrier: nobody reads the panel any more)
     }
   }
 }
@@ -447,7 +537,7 @@ void StridedBSource::pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float*
         float* d = dst + k * NR;
         if (cols == NR) {
 #pragma GCC unroll 8
-          for (int64_t v = 0; v < NV; ++v) Vec::load_unaligned(src + v * W).store_aligned(d + v * W);
+          for (int64_t v = 0; v < NV; ++v) Vec::load_unaligned(src + v * W).store_unaligned(d + v * W);
         } else {
           for (int64_t c = 0; c < cols; ++c) d[c] = src[c];
           for (int64_t c = cols; c < NR; ++c) d[c] = 0.0f;
@@ -456,27 +546,27 @@ void StridedBSource::pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float*
     } else {
       // op(B)(p, j) = B[j*ldb + p]: a transpose; column c of the sliver is a
       // contiguous run of row jb + c of B.
+      if (cols < NR) std::fill(dst, dst + kc * NR, 0.0f);  // the padding columns
       interleave_rows(B_ + jb * ldb_ + k0, ldb_, cols, kc, dst, NR);
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t c = cols; c < NR; ++c) dst[k * NR + c] = 0.0f;
     }
   }
 }
 
-void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                   int64_t lda, const BPanelSource& B, float beta, float* C, int64_t ldc) {
-  check_args("gemm_packed_b", M, N, K, lda, trans_a ? M : K, 0, -1, ldc);
-  if (B.rows() != K || B.cols() != N)
-    throw ShapeError("gemm_packed_b: B source is (" + std::to_string(B.rows()) + ", " +
-                     std::to_string(B.cols()) + "), expected (K, N) = (" + std::to_string(K) +
-                     ", " + std::to_string(N) + ")");
+namespace {
+
+// The float driver behind gemm() and gemm_packed_b(); arguments are checked.
+void drive(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const BPanelSource& B, const float* direct_b, int64_t ldb, float beta, float* C,
+           int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0 || alpha == 0.0f) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
 
-  Problem p{trans_a, M, N, K, alpha, A, lda, &B, beta, C, ldc, nullptr};
+  const bool in_place_a = !trans_a && M * lda <= kDirectAFloats;
+  Problem p{trans_a, M,    N,   K,        alpha, A,  lda, &B, beta, C, ldc,
+            nullptr, direct_b, ldb, in_place_a};
   p.bpack = tls_bpack.get(packed_b_floats(std::min(K, KC), std::min(N, NC)));
 
   const double flops = 2.0 * double(M) * double(N) * double(K);
@@ -493,12 +583,26 @@ void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, c
   }
 }
 
+}  // namespace
+
+void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                   int64_t lda, const BPanelSource& B, float beta, float* C, int64_t ldc) {
+  check_args("gemm_packed_b", M, N, K, lda, trans_a ? M : K, 0, -1, ldc);
+  if (B.rows() != K || B.cols() != N)
+    throw ShapeError("gemm_packed_b: B source is (" + std::to_string(B.rows()) + ", " +
+                     std::to_string(B.cols()) + "), expected (K, N) = (" + std::to_string(K) +
+                     ", " + std::to_string(N) + ")");
+  drive(trans_a, M, N, K, alpha, A, lda, B, nullptr, 0, beta, C, ldc);
+}
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
           int64_t ldc) {
   check_args("gemm", M, N, K, lda, trans_a ? M : K, ldb, trans_b ? K : N, ldc);
   const StridedBSource src(B, ldb, trans_b, K, N);
-  gemm_packed_b(trans_a, M, N, K, alpha, A, lda, src, beta, C, ldc);
+  // A small untransposed B is read in place (see Problem::direct_b).
+  const bool in_place = !trans_b && K * ldb <= kDirectBFloats;
+  drive(trans_a, M, N, K, alpha, A, lda, src, in_place ? B : nullptr, ldb, beta, C, ldc);
 }
 
 // ---------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <xsimd/xsimd.hpp>
+
 #include "loragrad/autograd.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
@@ -157,7 +159,24 @@ Tensor div(const Tensor& a, const Tensor& b) {
 
 // ============================ unary ops ============================
 
-// y = f(x) elementwise.
+// Runs f over n elements, xsimd::batch at a time with a scalar tail, over
+// threads when large. f is generic: called with batches and with scalars, so
+// transcendental functions come from xsimd (std::tanh/exp do not vectorise).
+template <class T, class F>
+static void vector_loop(int64_t n, F f) {
+  using B = xsimd::batch<T>;
+  constexpr int64_t W = static_cast<int64_t>(B::size);
+  constexpr int64_t chunk = 4096;  // elements per task; a multiple of W
+  const int64_t nchunks = (n + chunk - 1) / chunk;
+  parallel_for(nchunks, n >= kParallelElements ? n : 0, [&](int64_t c) {
+    const int64_t lo = c * chunk, hi = std::min(n, lo + chunk);
+    int64_t i = lo;
+    for (; i + W <= hi; i += W) f(i, B());
+    for (; i < hi; ++i) f(i, T());
+  });
+}
+
+// y = f(x) elementwise; f is generic over scalars and xsimd batches.
 template <class F>
 static Tensor map(const Tensor& x, const char* op, F f) {
   check_floating(x, op);
@@ -166,9 +185,11 @@ static Tensor map(const Tensor& x, const char* op, F f) {
     using T = decltype(tag);
     const T* px = x.data<T>();  // (numel)
     T* py = y.data<T>();        // (numel)
-    const int64_t n = x.numel();
-#pragma omp parallel for simd if (n >= kParallelElements && !omp_in_parallel())
-    for (int64_t i = 0; i < n; ++i) py[i] = static_cast<T>(f(px[i]));
+    vector_loop<T>(x.numel(), [&](int64_t i, auto kind) {
+      using V = decltype(kind);
+      if constexpr (std::is_same_v<V, T>) py[i] = f(px[i]);
+      else f(V::load_unaligned(px + i)).store_unaligned(py + i);
+    });
   });
   return y;
 }
@@ -183,11 +204,39 @@ static Tensor zip(const Tensor& g, const Tensor& s, const char* op, F f) {
     const T* pg = g.data<T>();  // (numel)
     const T* ps = s.data<T>();  // (numel)
     T* po = out.data<T>();      // (numel)
-    const int64_t n = g.numel();
-#pragma omp parallel for simd if (n >= kParallelElements && !omp_in_parallel())
-    for (int64_t i = 0; i < n; ++i) po[i] = static_cast<T>(f(pg[i], ps[i]));
+    vector_loop<T>(g.numel(), [&](int64_t i, auto kind) {
+      using V = decltype(kind);
+      if constexpr (std::is_same_v<V, T>) po[i] = f(pg[i], ps[i]);
+      else f(V::load_unaligned(pg + i), V::load_unaligned(ps + i)).store_unaligned(po + i);
+    });
   });
   return out;
+}
+
+// Scalar-only map, for the few ops not worth vectorising (pow).
+template <class F>
+static Tensor map_scalar(const Tensor& x, const char* op, F f) {
+  check_floating(x, op);
+  Tensor y = uninitialized(x.shape(), x.dtype());
+  dispatch_float(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* px = x.data<T>();  // (numel)
+    T* py = y.data<T>();        // (numel)
+    const int64_t n = x.numel();
+#pragma omp parallel for simd if (n >= kParallelElements && !omp_in_parallel())
+    for (int64_t i = 0; i < n; ++i) py[i] = static_cast<T>(f(px[i]));
+  });
+  return y;
+}
+
+// max(v, 0) and (y > 0 ? g : 0) for both scalars and batches.
+template <class T> static T relu_of(T v) { return v > T(0) ? v : T(0); }
+template <class T, class A> static xsimd::batch<T, A> relu_of(xsimd::batch<T, A> v) {
+  return xsimd::max(v, xsimd::batch<T, A>(T(0)));
+}
+template <class T> static T pass_if_positive(T y, T g) { return y > T(0) ? g : T(0); }
+template <class T, class A> static xsimd::batch<T, A> pass_if_positive(xsimd::batch<T, A> y, xsimd::batch<T, A> g) {
+  return xsimd::select(y > xsimd::batch<T, A>(T(0)), g, xsimd::batch<T, A>(T(0)));
 }
 
 Tensor neg(const Tensor& x) {
@@ -196,83 +245,85 @@ Tensor neg(const Tensor& x) {
 }
 
 Tensor exp(const Tensor& x) {
-  Tensor y = map(x, "exp", [](auto v) { return std::exp(v); });
+  Tensor y = map(x, "exp", [](auto v) { return xsimd::exp(v); });
   return record(Op::exp, y, {x}, [sy = SavedTensor(y, Op::exp)](const Tensor& g, const NeedsGrad&) -> Grads {
     return {zip(g, sy.get(), "exp backward", [](auto gi, auto yi) { return gi * yi; })};
   });
 }
 
 Tensor log(const Tensor& x) {
-  Tensor y = map(x, "log", [](auto v) { return std::log(v); });
+  Tensor y = map(x, "log", [](auto v) { return xsimd::log(v); });
   return record(Op::log, y, {x}, [sx = SavedTensor(x, Op::log)](const Tensor& g, const NeedsGrad&) -> Grads {
     return {zip(g, sx.get(), "log backward", [](auto gi, auto xi) { return gi / xi; })};
   });
 }
 
 Tensor sqrt(const Tensor& x) {
-  Tensor y = map(x, "sqrt", [](auto v) { return std::sqrt(v); });
+  Tensor y = map(x, "sqrt", [](auto v) { return xsimd::sqrt(v); });
   return record(Op::sqrt, y, {x}, [sy = SavedTensor(y, Op::sqrt)](const Tensor& g, const NeedsGrad&) -> Grads {
     return {zip(g, sy.get(), "sqrt backward", [](auto gi, auto yi) { return gi / (yi + yi); })};
   });
 }
 
 Tensor pow(const Tensor& x, double p) {
-  Tensor y = map(x, "pow", [p](auto v) { return std::pow(v, static_cast<decltype(v)>(p)); });
+  Tensor y = map_scalar(x, "pow", [p](auto v) { return std::pow(v, static_cast<decltype(v)>(p)); });
   return record(Op::pow_scalar, y, {x}, [sx = SavedTensor(x, Op::pow_scalar), p](const Tensor& g, const NeedsGrad&) -> Grads {
     // d x^p = p x^(p-1) dx
-    return {zip(g, sx.get(), "pow backward", [p](auto gi, auto xi) {
-      using T = decltype(xi);
-      return p == 0 ? T(0) : gi * static_cast<T>(p) * std::pow(xi, static_cast<T>(p - 1));
-    })};
+    if (p == 0) return {zeros_like(g)};
+    return {mul(g, pow(sx.get(), p - 1) * p)};
   });
 }
 
 Tensor tanh(const Tensor& x) {
-  Tensor y = map(x, "tanh", [](auto v) { return std::tanh(v); });
+  Tensor y = map(x, "tanh", [](auto v) { return xsimd::tanh(v); });
   return record(Op::tanh, y, {x}, [sy = SavedTensor(y, Op::tanh)](const Tensor& g, const NeedsGrad&) -> Grads {
     return {zip(g, sy.get(), "tanh backward", [](auto gi, auto yi) { return gi * (1 - yi * yi); })};
   });
 }
 
 Tensor sigmoid(const Tensor& x) {
-  Tensor y = map(x, "sigmoid", [](auto v) { return 1 / (1 + std::exp(-v)); });
+  Tensor y = map(x, "sigmoid", [](auto v) { return 1 / (1 + xsimd::exp(-v)); });
   return record(Op::sigmoid, y, {x}, [sy = SavedTensor(y, Op::sigmoid)](const Tensor& g, const NeedsGrad&) -> Grads {
     return {zip(g, sy.get(), "sigmoid backward", [](auto gi, auto yi) { return gi * yi * (1 - yi); })};
   });
 }
 
 Tensor relu(const Tensor& x) {
-  Tensor y = map(x, "relu", [](auto v) { return v > 0 ? v : decltype(v)(0); });
+  Tensor y = map(x, "relu", [](auto v) { return relu_of(v); });
   return record(Op::relu, y, {x}, [sy = SavedTensor(y, Op::relu)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "relu backward", [](auto gi, auto yi) { return yi > 0 ? gi : decltype(gi)(0); })};
+    return {zip(g, sy.get(), "relu backward", [](auto gi, auto yi) { return pass_if_positive(yi, gi); })};
   });
 }
 
 // gelu_tanh(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-template <class T> static T gelu_value(T x) {
+// V is a scalar or an xsimd batch of element type T.
+template <class T, class V> static V gelu_value(V x) {
   const T k = static_cast<T>(0.7978845608028654), c = static_cast<T>(0.044715);
-  return T(0.5) * x * (T(1) + std::tanh(k * (x + c * x * x * x)));
+  return T(0.5) * x * (T(1) + xsimd::tanh(k * (x + c * x * x * x)));
 }
 // d/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-template <class T> static T gelu_grad(T x) {
+template <class T, class V> static V gelu_grad(V x) {
   const T k = static_cast<T>(0.7978845608028654), c = static_cast<T>(0.044715);
-  const T t = std::tanh(k * (x + c * x * x * x));
+  const V t = xsimd::tanh(k * (x + c * x * x * x));
   return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x);
 }
+template <class V> struct element { using type = V; };
+template <class T, class A> struct element<xsimd::batch<T, A>> { using type = T; };
+template <class V> using element_t = typename element<V>::type;
 
 Tensor gelu(const Tensor& x) {
-  Tensor y = map(x, "gelu", [](auto v) { return gelu_value(v); });
+  Tensor y = map(x, "gelu", [](auto v) { return gelu_value<element_t<decltype(v)>>(v); });
   return record(Op::gelu, y, {x}, [sx = SavedTensor(x, Op::gelu)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sx.get(), "gelu backward", [](auto gi, auto xi) { return gi * gelu_grad(xi); })};
+    return {zip(g, sx.get(), "gelu backward", [](auto gi, auto xi) { return gi * gelu_grad<element_t<decltype(xi)>>(xi); })};
   });
 }
 
 Tensor silu(const Tensor& x) {
-  Tensor y = map(x, "silu", [](auto v) { return v / (1 + std::exp(-v)); });
+  Tensor y = map(x, "silu", [](auto v) { return v / (1 + xsimd::exp(-v)); });
   return record(Op::silu, y, {x}, [sx = SavedTensor(x, Op::silu)](const Tensor& g, const NeedsGrad&) -> Grads {
     // d(x s(x)) = s + x s (1 - s)
     return {zip(g, sx.get(), "silu backward", [](auto gi, auto xi) {
-      const auto s = 1 / (1 + std::exp(-xi));
+      const auto s = 1 / (1 + xsimd::exp(-xi));
       return gi * (s + xi * s * (1 - s));
     })};
   });

@@ -23,27 +23,34 @@
 //   (k = 0 .. kc-1, c = 0 .. NR-1, NR = kGemmNR)
 //
 // i.e. inside a sliver the NR columns of one k are contiguous (one row of
-// the register tile's worth of B), then the next k follows. The padding
-// columns of the last sliver MUST be written as zeros: the micro-kernel always
-// computes full NR-wide tiles and NaN/Inf garbage there would not stay put
-// (it is discarded, but 0 keeps the arithmetic clean and deterministic).
+// the register tile's worth of B, 128 bytes with AVX-512), then the next k
+// follows. The padding columns of the last sliver MUST be written as zeros:
+// the micro-kernel always computes full NR-wide tiles; the padded lanes are
+// discarded, but zeros keep them free of NaN/Inf and denormal slow paths.
+//
+// Example, NR = 32, kc = 512, nc = 70: three slivers of 512 x 32 floats
+// (64 KiB each); sliver 2 holds columns 64..69 of P in lanes 0..5 of each
+// row and zeros in lanes 6..31. An NF4 source for a weight W stored (N, K)
+// (op(B) = W^T) fills sliver s row k lane c with dequant(W[n0 + s*NR + c][k0 + k]).
 //
 // Total floats written: packed_b_floats(kc, nc) = kc * round_up(nc, NR).
-// dst is 64-byte aligned whenever n0 - (start of the panel) is a multiple of
-// NR, which is always true for calls made by the driver.
 //
 // Guarantees the driver gives a source:
 //   * k0 is a multiple of kGemmKC and 1 <= kc <= kGemmKC (the last block of K
 //     may be shorter), so a source with quantisation blocks of 64 along K sees
-//     block-aligned k0 (kGemmKC is a multiple of 64).
+//     block-aligned k0 (kGemmKC is a multiple of 64); kc is a multiple of 64
+//     except in the last block of K.
 //   * n0 is a multiple of NR (relative to column 0 of op(B)); nc >= 1.
+//   * dst is 64-byte aligned.
 //   * Several threads may call pack() concurrently on the same source with
-//     disjoint (n0, nc) ranges and disjoint dst regions, so pack() must be
-//     thread-safe (it is const: keep it free of mutable scratch state, or make
-//     that state thread-local).
-//   * pack() is never called from inside the micro-kernel's loops, only once
-//     per (KC, NC) block per call, so it may be moderately expensive (a
-//     dequantisation costs about 1/(2*M) of the GEMM's own work per element).
+//     disjoint or identical (k0, n0) ranges, always into distinct dst
+//     buffers, so pack() must be thread-safe (it is const: keep it free of
+//     mutable scratch state, or make that state thread-local).
+//   * pack() is called outside the micro-kernel's loops, once per (KC, NC)
+//     block and thread that needs it (a one-panel product run on T threads
+//     may pack the same block T times, each thread into its own buffer).
+//     Per element packed the GEMM does 2*M flops (2*M/T per thread copy),
+//     so a dequantising pack may cost a few cycles per element.
 #include <cstdint>
 
 namespace loragrad::kernels {
@@ -51,10 +58,9 @@ namespace loragrad::kernels {
 // Register tile of the float micro-kernel: it updates a (kGemmMR, kGemmNR)
 // block of C per call. NR is a whole number of SIMD vectors (the vector dim is
 // N, the contiguous dim of row-major C), MR rows are broadcast from A.
-#if defined(TUNE_MR)
-inline constexpr int64_t kGemmMR = TUNE_MR;
-inline constexpr int64_t kGemmNR = TUNE_NR;
-#elif defined(__AVX512F__)
+// (AVX-512: 12 x 32 measured best or tied with 14x32, 6x64, 8x48 on the
+// shapes of bench/gemm_bench.cpp; it leaves 8 zmm registers spare.)
+#if defined(__AVX512F__)
 inline constexpr int64_t kGemmMR = 12;
 inline constexpr int64_t kGemmNR = 32;  // 2 x 16 floats
 #elif defined(__AVX2__)
@@ -66,11 +72,11 @@ inline constexpr int64_t kGemmNR = 8;  // 2 x 4 floats (SSE2)
 #endif
 
 // Depth of one packed block (K is cut into blocks of this many rows of op(B)).
-#ifdef TUNE_KC
-inline constexpr int64_t kGemmKC = TUNE_KC;
-#else
+// C is read and written once per depth block, so a deep block halves the
+// C traffic of K = 1024 products compared with 256 (measured: +3-6% on
+// 4096 x 1024 x 1024); the packed slivers it implies still stream from L2
+// fast enough (A: 24 KiB, B: 64 KiB per sliver).
 inline constexpr int64_t kGemmKC = 512;
-#endif
 
 // Floats a packed B block of kc rows and nc columns occupies.
 constexpr int64_t packed_b_floats(int64_t kc, int64_t nc) {
