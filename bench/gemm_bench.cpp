@@ -1,6 +1,6 @@
 // GEMM throughput: loragrad::kernels::gemm (float) vs a naive triple loop vs
 // OpenBLAS cblas_sgemm, GFLOP/s (median of several timed samples), for 1 and
-// 2 threads. Usage: gemm_bench [--quick]
+// 2 threads. Usage: gemm_bench [--quick] [--threads N]
 //
 // OpenBLAS is optional (LORAGRAD_BENCH_HAVE_CBLAS, set by CMake when found).
 // Its speed on this machine depends on OPENBLAS_CORETYPE (Debian's build does
@@ -49,25 +49,24 @@ void naive_sgemm(bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, 
     }
 }
 
-// Median GFLOP/s of `samples` timings; each sample repeats fn until it has run
-// at least min_seconds so that short calls are not dominated by timer noise.
+// GFLOP/s of one timed sample: fn repeated until it has run at least
+// min_seconds, so that short calls are not dominated by timer noise.
 template <class F>
-double measure_gflops(double flops, int samples, double min_seconds, F&& fn) {
-  fn();  // warm-up: page faults, pack buffers, thread start
-  std::vector<double> rates;
-  for (int s = 0; s < samples; ++s) {
-    int reps = 0;
-    const auto t0 = Clock::now();
-    double elapsed = 0.0;
-    do {
-      fn();
-      ++reps;
-      elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    } while (elapsed < min_seconds);
-    rates.push_back(flops * reps / elapsed / 1e9);
-  }
-  std::sort(rates.begin(), rates.end());
-  return rates[rates.size() / 2];
+double sample_gflops(double flops, double min_seconds, F&& fn) {
+  int reps = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0.0;
+  do {
+    fn();
+    ++reps;
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (elapsed < min_seconds);
+  return flops * reps / elapsed / 1e9;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
 }
 
 // Both OpenMP (libgomp) and OpenBLAS's pthreads spin for a while after a call
@@ -82,11 +81,14 @@ using CoreNameFn = char* (*)();
 
 int main(int argc, char** argv) {
   bool quick = false;
+  std::vector<int> thread_counts = {1, 2};
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) {
       quick = true;
+    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+      thread_counts = {std::atoi(argv[++i])};
     } else {
-      std::fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--threads N]\n", argv[0]);
       return 2;
     }
   }
@@ -120,7 +122,8 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> squares =
       quick ? std::vector<int64_t>{128, 512} : std::vector<int64_t>{64, 128, 256, 512, 1024};
   for (int64_t n : squares) shapes.push_back({"square", false, n, n, n});
-  const std::vector<int64_t> ms = quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
+  const std::vector<int64_t> ms =
+      quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
   const std::vector<int64_t> kns =
       quick ? std::vector<int64_t>{256, 1024} : std::vector<int64_t>{128, 256, 512, 1024};
   for (bool tb : {false, true})
@@ -132,14 +135,15 @@ int main(int argc, char** argv) {
   const double min_seconds = quick ? 0.02 : 0.05;
   const int64_t naive_max = 512;
 
-  std::printf("GFLOP/s, median of %d samples (each >= %.0f ms). x@W: A(M,K) @ B(K,N); "
+  std::printf("GFLOP/s, median of %d samples (each >= %.0f ms, loragrad and OpenBLAS "
+              "alternating; naive: one sample). x@W: A(M,K) @ B(K,N); "
               "x@W^T: A(M,K) @ W(N,K)^T (trans_b).\n",
               samples, min_seconds * 1e3);
 
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
 
-  for (int threads : {1, 2}) {
+  for (int threads : thread_counts) {
     omp_set_num_threads(threads);
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
     if (set_blas_threads) set_blas_threads(threads);
@@ -155,27 +159,44 @@ int main(int argc, char** argv) {
       const int64_t ldb = s.trans_b ? K : N;
       const double flops = 2.0 * M * N * K;
 
-      const double lg = measure_gflops(flops, samples, min_seconds, [&] {
+      auto run_loragrad = [&] {
         gemm(false, s.trans_b, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, C.data(), N);
-      });
-      let_spinners_sleep();
-
-      double naive = NAN;
-      if (M <= naive_max && N <= naive_max && K <= naive_max)
-        naive = measure_gflops(flops, 1, min_seconds,
-                               [&] { naive_sgemm(s.trans_b, M, N, K, A.data(), B.data(), Cref.data()); });
-
-      double blas = NAN, diff = NAN;
+      };
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
-      blas = measure_gflops(flops, samples, min_seconds, [&] {
+      auto run_blas = [&] {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans, M, N, K,
                     1.0f, A.data(), K, B.data(), ldb, 0.0f, Cref.data(), N);
-      });
-      let_spinners_sleep();
+      };
+#endif
+      // Samples of the two libraries alternate, so a change in the machine's
+      // load during the row affects both columns alike.
+      std::vector<double> lg_rates, blas_rates;
+      run_loragrad();  // warm-up: page faults, pack buffers, thread start
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+      run_blas();
+#endif
+      for (int i = 0; i < samples; ++i) {
+        let_spinners_sleep();
+        lg_rates.push_back(sample_gflops(flops, min_seconds, run_loragrad));
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+        let_spinners_sleep();
+        blas_rates.push_back(sample_gflops(flops, min_seconds, run_blas));
+#endif
+      }
+      const double lg = median(lg_rates);
+      double blas = NAN, diff = NAN;
+#ifdef LORAGRAD_BENCH_HAVE_CBLAS
+      blas = median(blas_rates);
       diff = 0.0;
       for (int64_t i = 0; i < M * N; ++i) diff = std::max(diff, double(std::fabs(C[i] - Cref[i])));
       diff /= double(K);
 #endif
+      double naive = NAN;
+      if (M <= naive_max && N <= naive_max && K <= naive_max)
+        naive = sample_gflops(flops, min_seconds, [&] {
+          naive_sgemm(s.trans_b, M, N, K, A.data(), B.data(), Cref.data());
+        });
+
       auto cell = [](double v) {
         static char buf[4][32];
         static int i = 0;

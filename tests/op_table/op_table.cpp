@@ -11,6 +11,7 @@ const OpTable& op_table() {
     add_reduce_shape_entries(t);
     add_matmul_entries(t);
     add_nn_entries(t);
+    add_nf4_entries(t);
     return t;
   }();
   return table;

@@ -32,6 +32,7 @@ void add_elementwise_entries(OpTable& table);
 void add_reduce_shape_entries(OpTable& table);   // sum mean max reshape transpose permute narrow concat index_select embedding
 void add_nn_entries(OpTable& table);             // softmax log_softmax cross_entropy layer_norm causal_attention
 void add_matmul_entries(OpTable& table);         // matmul matmul_nt matmul_tn linear
+void add_nf4_entries(OpTable& table);            // nf4_linear
 
 const OpTable& op_table();
 

@@ -17,7 +17,9 @@ namespace loragrad {
   X(reshape) X(transpose) X(permute) X(narrow) X(concat) X(index_select)       \
   X(embedding)                                                                 \
   /* fused neural-network ops */                                               \
-  X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention)
+  X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention) \
+  /* quantised weights (lora/src/nf4_linear.cpp) */                            \
+  X(nf4_linear)
 
 enum class Op {
 #define LORAGRAD_OP_ENUM(name) name,

@@ -537,7 +537,8 @@ void StridedBSource::pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float*
         float* d = dst + k * NR;
         if (cols == NR) {
 #pragma GCC unroll 8
-          for (int64_t v = 0; v < NV; ++v) Vec::load_unaligned(src + v * W).store_unaligned(d + v * W);
+          for (int64_t v = 0; v < NV; ++v)
+            Vec::load_unaligned(src + v * W).store_unaligned(d + v * W);
         } else {
           for (int64_t c = 0; c < cols; ++c) d[c] = src[c];
           for (int64_t c = cols; c < NR; ++c) d[c] = 0.0f;
@@ -565,8 +566,7 @@ void drive(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const flo
   }
 
   const bool in_place_a = !trans_a && M * lda <= kDirectAFloats;
-  Problem p{trans_a, M,    N,   K,        alpha, A,  lda, &B, beta, C, ldc,
-            nullptr, direct_b, ldb, in_place_a};
+  Problem p{trans_a, M, N, K, alpha, A, lda, &B, beta, C, ldc, nullptr, direct_b, ldb, in_place_a};
   p.bpack = tls_bpack.get(packed_b_floats(std::min(K, KC), std::min(N, NC)));
 
   const double flops = 2.0 * double(M) * double(N) * double(K);
@@ -618,8 +618,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double al
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;  // op(A)(i,p) = A[i*sa_i + p*sa_p]
-  const bool parallel = 2.0 * double(M) * double(N) * double(K) >= kParallelFlops && !omp_in_parallel();
+  // op(A)(i, p) = A[i*sa_i + p*sa_p]
+  const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
+  const double flops = 2.0 * double(M) * double(N) * double(K);
+  const bool parallel = flops >= kParallelFlops && !omp_in_parallel();
 
 #pragma omp parallel if (parallel)
   {

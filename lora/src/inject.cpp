@@ -1,0 +1,353 @@
+// LoraConfig matching and apply_lora: PEFT's inject_adapter for loragrad trees.
+#include "loragrad/lora/inject.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <ostream>
+#include <regex>
+#include <set>
+
+#include "loragrad/lora/nf4.hpp"
+#include "loragrad/nn/layers.hpp"
+
+namespace loragrad::lora {
+
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "'" : ", '") + n + "'";
+  return "[" + s + "]";
+}
+
+static bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// PEFT's rule for a list of names: the path is the name, or ends with "." + name.
+static bool matches_name_list(const std::vector<std::string>& names, const std::string& path) {
+  for (const auto& n : names)
+    if (path == n || ends_with(path, "." + n)) return true;
+  return false;
+}
+
+// ECMAScript syntax; for the patterns people write for module paths
+// ("q_proj|v_proj", ".*\.attn\..*", "blocks\.[01]\..*") it agrees with Python's re.
+static std::regex compile(const std::string& pattern, const std::string& field) {
+  try {
+    return std::regex(pattern);
+  } catch (const std::regex_error& e) {
+    throw ValueError("LoraConfig: " + field + " regex '" + pattern + "' does not compile: " + e.what());
+  }
+}
+
+// PEFT's get_pattern_key: re.match(rf"(.*\.)?({key})$", path).
+static bool pattern_key_matches(const std::string& key, const std::string& path, const std::string& field) {
+  return std::regex_match(path, compile("(.*\\.)?(" + key + ")", field));
+}
+
+// ============================ LoraConfig ============================
+
+void LoraConfig::validate() const {
+  LoraOptions o;
+  o.r = r;
+  o.alpha = lora_alpha;
+  o.dropout = lora_dropout;
+  o.validate("LoraConfig");
+  if (target_modules.empty()) throw ValueError("LoraConfig: target_modules is empty (name at least one module)");
+  if (target_regex && target_modules.size() != 1)
+    throw ValueError("LoraConfig: target_regex needs exactly one target_modules entry, got " +
+                     std::to_string(target_modules.size()));
+  for (const auto& t : target_modules)
+    if (t.empty()) throw ValueError("LoraConfig: target_modules holds an empty name");
+  if (target_regex) compile(target_modules[0], "target_modules");
+  if (exclude_regex && exclude_modules.size() != 1)
+    throw ValueError("LoraConfig: exclude_regex needs exactly one exclude_modules entry");
+  if (exclude_regex) compile(exclude_modules[0], "exclude_modules");
+  for (const auto& [key, value] : rank_pattern) {
+    pattern_key_matches(key, "", "rank_pattern");  // compiles it
+    if (value <= 0)
+      throw ValueError("LoraConfig: rank_pattern['" + key + "'] must be positive, got " + std::to_string(value));
+  }
+  for (const auto& [key, value] : alpha_pattern) {
+    pattern_key_matches(key, "", "alpha_pattern");
+    if (!(value > 0) || !std::isfinite(value))
+      throw ValueError("LoraConfig: alpha_pattern['" + key + "'] must be positive, got " + std::to_string(value));
+  }
+  if (bias != "none")
+    throw ValueError("LoraConfig: bias '" + bias + "' is not supported (only \"none\": biases stay frozen)");
+  if (fan_in_fan_out)
+    throw ValueError("LoraConfig: fan_in_fan_out = true is not supported (loragrad weights are (out, in))");
+}
+
+bool LoraConfig::is_target(const std::string& path) const {
+  if (path.empty()) return false;
+  if (target_regex) return std::regex_match(path, compile(target_modules[0], "target_modules"));
+  return matches_name_list(target_modules, path);
+}
+
+bool LoraConfig::is_excluded(const std::string& path) const {
+  if (exclude_modules.empty() || path.empty()) return false;
+  if (exclude_regex) return std::regex_match(path, compile(exclude_modules[0], "exclude_modules"));
+  return matches_name_list(exclude_modules, path);
+}
+
+bool LoraConfig::is_module_to_save(const std::string& path) const {
+  return !path.empty() && matches_name_list(modules_to_save, path);
+}
+
+// A seed per module, so that two layers of one adapter do not start from the
+// same A: FNV-1a of the path, mixed with the config's seed (splitmix64 finaliser).
+static uint64_t module_seed(uint64_t seed, const std::string& path) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : path) h = (h ^ c) * 1099511628211ULL;
+  uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (h | 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+LoraOptions LoraConfig::options_for(const std::string& path) const {
+  LoraOptions o;
+  o.r = r;
+  o.alpha = lora_alpha;
+  for (const auto& [key, value] : rank_pattern)
+    if (pattern_key_matches(key, path, "rank_pattern")) { o.r = value; break; }
+  for (const auto& [key, value] : alpha_pattern)
+    if (pattern_key_matches(key, path, "alpha_pattern")) { o.alpha = value; break; }
+  o.dropout = lora_dropout;
+  o.use_rslora = use_rslora;
+  o.use_dora = use_dora;
+  o.init = init_lora_weights;
+  o.seed = module_seed(seed, path);
+  return o;
+}
+
+// ============================ the tree ============================
+
+std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> lora_layers(const nn::Module& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLinear>>> out;
+  for (const auto& [path, m] : model.named_modules())
+    if (auto lora = std::dynamic_pointer_cast<LoraLinear>(m)) out.push_back({path, lora});
+  return out;
+}
+
+// The modules a config can see: every module but the root and the insides of
+// LoRA layers (their base_layer and adapter containers are not targets, as in
+// PEFT, whose key list skips names containing "lora_").
+nn::NamedModules target_candidates(const nn::Module& model) {
+  nn::NamedModules out;
+  std::vector<std::string> lora_prefixes;
+  for (const auto& [path, m] : model.named_modules()) {
+    if (path.empty()) continue;
+    bool inside = false;
+    for (const auto& p : lora_prefixes) inside |= path.compare(0, p.size(), p) == 0;
+    if (inside) continue;
+    out.push_back({path, m});
+    if (std::dynamic_pointer_cast<LoraLinear>(m)) lora_prefixes.push_back(path + ".");
+  }
+  return out;
+}
+
+// (in, out) of a module that can take an adapter; {0, 0} for any other module.
+// The one place that knows which base types exist.
+static std::pair<int64_t, int64_t> linear_dims(const nn::ModulePtr& m) {
+  if (auto lin = std::dynamic_pointer_cast<nn::Linear>(m)) return {lin->in_features, lin->out_features};
+  if (auto q = std::dynamic_pointer_cast<NF4Linear>(m)) return {q->in_features, q->out_features};
+  if (auto lora = std::dynamic_pointer_cast<LoraLinear>(m)) return {lora->in_features, lora->out_features};
+  return {0, 0};
+}
+
+LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::string& adapter) {
+  cfg.validate();
+  const std::string where = "apply_lora(adapter '" + adapter + "')";
+  if (adapter.empty() || adapter.find('.') != std::string::npos)
+    throw ValueError(where + ": the adapter name must be non-empty and without '.'");
+  const bool all_linear = !cfg.target_regex && cfg.target_modules.size() == 1 && cfg.target_modules[0] == "all-linear";
+
+  LoraPlan plan;
+  std::vector<std::string> not_linear;
+  std::set<std::string> saved_entries_used;
+  for (const auto& [path, m] : target_candidates(model)) {
+    const auto [in, out] = linear_dims(m);
+    const bool target = all_linear ? (in > 0 && path != "lm_head" && !ends_with(path, ".lm_head")) : cfg.is_target(path);
+    if (target && !cfg.is_excluded(path)) {
+      if (in == 0) {
+        not_linear.push_back("'" + path + "' (" + m->type_name() + ")");
+        continue;
+      }
+      auto lora = std::dynamic_pointer_cast<LoraLinear>(m);
+      if (lora && lora->has_adapter(adapter))
+        throw ValueError(where + ": the layer at '" + path + "' already has an adapter called '" + adapter + "'");
+      plan.targets.push_back({path, m, in, out, cfg.options_for(path)});
+    }
+    for (const auto& entry : cfg.modules_to_save)
+      if (path == entry || ends_with(path, "." + entry)) {
+        plan.modules_to_save.push_back(path);
+        saved_entries_used.insert(entry);
+      }
+  }
+  if (!not_linear.empty()) {
+    std::string list;
+    for (const auto& s : not_linear) list += (list.empty() ? "" : ", ") + s;
+    throw ValueError(where + ": target_modules matched modules that are not linear layers: " + list +
+                     "; only Linear (and NF4Linear) layers can take a LoRA adapter");
+  }
+  if (plan.targets.empty())
+    throw ValueError(where + ": target_modules " + std::string(cfg.target_regex ? "regex " : "") +
+                     quoted_list(cfg.target_modules) + " matched no module of the " + model.type_name() +
+                     " (a name matches a path equal to it or ending in '.' + name)");
+  for (const auto& entry : cfg.modules_to_save)
+    if (!saved_entries_used.count(entry))
+      throw ValueError(where + ": modules_to_save entry '" + entry + "' matched no module");
+  for (const auto& t : plan.targets) {
+    t.options.validate(where + " at '" + t.path + "'");
+    if (t.options.init == LoraInit::pissa && t.options.r > std::min(t.in_features, t.out_features))
+      throw ValueError(where + ": PiSSA at '" + t.path + "' needs r <= min(d_in, d_out) = " +
+                       std::to_string(std::min(t.in_features, t.out_features)) + ", got r = " +
+                       std::to_string(t.options.r));
+    if (!cfg.qlora) continue;
+    auto lin = std::dynamic_pointer_cast<nn::Linear>(t.module);
+    if (!lin && !std::dynamic_pointer_cast<NF4Linear>(t.module))
+      throw ValueError(where + ": qlora needs an nn::Linear or NF4Linear base at '" + t.path + "', got " +
+                       t.module->type_name());
+    // NF4 weights dequantise to float32, so the adapter and the activations are float32 too.
+    if (lin && lin->weight.dtype() != DType::f32)
+      throw ValueError(where + ": qlora quantises float32 layers; '" + t.path + "' is " +
+                       dtype_name(lin->weight.dtype()) + " (call model.to(f32) first)");
+  }
+  return plan;
+}
+
+// ============================ apply_lora ============================
+
+// The adapter currently running in the model: the active adapter of the
+// enabled LoRA layers ("" when there is none or they disagree).
+static std::string enabled_active_adapter(const nn::Module& model) {
+  std::string name;
+  for (const auto& [path, layer] : lora_layers(model)) {
+    if (layer->adapters_disabled() || layer->active_adapter().empty()) continue;
+    if (name.empty()) name = layer->active_adapter();
+    else if (name != layer->active_adapter()) return "";
+  }
+  return name;
+}
+
+// An adapter's A, B (and m) must hold exactly r (d_in + d_out) (+ d_out) numbers:
+// the count the seed document gives; checked against the real tensors.
+static AdaptedModule describe(const std::string& path, LoraLinear& layer, const std::string& adapter) {
+  const LoraOptions& o = layer.adapter_options(adapter);
+  AdaptedModule row{path, layer.in_features, layer.out_features, o.r, o.alpha, o.use_dora, 0};
+  const int64_t ab = layer.lora_A_weight(adapter).numel() + layer.lora_B_weight(adapter).numel();
+  const int64_t formula = o.r * (layer.in_features + layer.out_features);
+  if (ab != formula)
+    throw Error("lora_report: '" + path + "' adapter '" + adapter + "' holds " + std::to_string(ab) +
+                " A/B values, but r (d_in + d_out) = " + std::to_string(formula));
+  row.trainable = ab + (o.use_dora ? layer.magnitude(adapter).numel() : 0);
+  return row;
+}
+
+LoraReport lora_report(const nn::Module& model, const std::string& adapter) {
+  LoraReport rep;
+  rep.adapter = adapter;
+  for (const auto& [path, layer] : lora_layers(model))
+    if (layer->has_adapter(adapter)) rep.modules.push_back(describe(path, *layer, adapter));
+  if (rep.modules.empty()) throw ValueError("lora_report: no LoRA layer has an adapter called '" + adapter + "'");
+  rep.trainable_params = model.num_parameters(true);
+  rep.all_params = model.num_parameters(false);
+  return rep;
+}
+
+LoraReport apply_lora(nn::Module& model, const LoraConfig& cfg, const std::string& adapter) {
+  const LoraPlan plan = plan_lora(model, cfg, adapter);
+  const std::string running = enabled_active_adapter(model);  // "" for a model without adapters
+  const bool had_adapters = !lora_layers(model).empty();
+
+  // PEFT's _mark_only_adapters_as_trainable: everything outside LoRA layers is frozen.
+  std::set<const TensorImpl*> inside_lora;
+  for (const auto& [path, layer] : lora_layers(model))
+    for (const Tensor& p : layer->parameters()) inside_lora.insert(p.impl());
+  for (Tensor& p : model.parameters())
+    if (!inside_lora.count(p.impl())) p.requires_grad_(false);
+
+  for (const PlannedModule& t : plan.targets) {
+    auto layer = std::dynamic_pointer_cast<LoraLinear>(t.module);
+    if (layer) {
+      layer->add_adapter(adapter, t.options);  // inactive and frozen unless it is the layer's first
+      continue;
+    }
+    nn::ModulePtr base = t.module;
+    if (cfg.qlora)
+      if (auto lin = std::dynamic_pointer_cast<nn::Linear>(base)) base = std::make_shared<NF4Linear>(*lin);
+    layer = std::make_shared<LoraLinear>(base, adapter, t.options);
+    layer->train(t.module->is_training());
+    model.replace_module(t.path, layer);
+    if (had_adapters && running != adapter) {
+      // PEFT sets the model's active adapter again after injecting: a layer
+      // without that adapter runs as its base, and the new adapter is not trained.
+      layer->disable_adapters(true);
+      for (Tensor& p : layer->parameters()) p.requires_grad_(false);
+    }
+  }
+  // modules_to_save train, except what lies inside LoRA layers (bases stay frozen).
+  inside_lora.clear();
+  for (const auto& [path, layer] : lora_layers(model))
+    for (const Tensor& p : layer->parameters()) inside_lora.insert(p.impl());
+  for (const std::string& path : plan.modules_to_save)
+    for (Tensor& p : model.get_submodule(path)->parameters())
+      if (!inside_lora.count(p.impl())) p.requires_grad_(true);
+
+  LoraReport rep = lora_report(model, adapter);
+  rep.modules_to_save = plan.modules_to_save;
+  return rep;
+}
+
+// ============================ printing ============================
+
+double LoraReport::trainable_percent() const {
+  return all_params > 0 ? 100.0 * static_cast<double>(trainable_params) / static_cast<double>(all_params) : 0.0;
+}
+
+// 1234567 -> "1,234,567", as Python's f"{n:,d}".
+static std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return (n < 0 ? "-" : "") + out;
+}
+
+std::string LoraReport::summary() const {
+  char pct[64];
+  std::snprintf(pct, sizeof pct, "%.4f", trainable_percent());
+  return "trainable params: " + with_commas(trainable_params) + " || all params: " + with_commas(all_params) +
+         " || trainable%: " + pct;
+}
+
+std::string LoraReport::str() const {
+  size_t width = 6;
+  for (const auto& m : modules) width = std::max(width, m.path.size());
+  std::string out = summary() + "\n";
+  char line[512];
+  std::snprintf(line, sizeof line, "%-*s %6s %6s %4s %8s %10s\n", static_cast<int>(width), "module", "d_in", "d_out",
+                "r", "alpha", "params");
+  out += line;
+  int64_t total = 0;
+  for (const auto& m : modules) {
+    std::snprintf(line, sizeof line, "%-*s %6" PRId64 " %6" PRId64 " %4" PRId64 " %8g %10s%s\n",
+                  static_cast<int>(width), m.path.c_str(), m.in_features, m.out_features, m.r, m.alpha,
+                  with_commas(m.trainable).c_str(), m.dora ? "  (DoRA: + d_out)" : "");
+    out += line;
+    total += m.trainable;
+  }
+  out += "adapter '" + adapter + "': " + std::to_string(modules.size()) + " modules, " + with_commas(total) +
+         " adapter params";
+  if (!modules_to_save.empty()) out += "; modules_to_save: " + quoted_list(modules_to_save);
+  return out + "\n";
+}
+
+void LoraReport::print(std::ostream& os) const { os << str(); }
+
+}  // namespace loragrad::lora

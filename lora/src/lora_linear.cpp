@@ -1,0 +1,438 @@
+// LoraOptions, ModuleDict, DoraMagnitude and LoraLinear (LoRA, rsLoRA, DoRA).
+// The maths follows PEFT 0.21's lora.Linear and lora.dora.DoraLinearLayer
+// operation for operation, so float64 results agree to rounding.
+#include "loragrad/lora/lora_linear.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "loragrad/autograd.hpp"
+#include "loragrad/lora/linalg.hpp"
+#include "loragrad/lora/nf4.hpp"
+#include "loragrad/ops.hpp"
+
+namespace loragrad::lora {
+
+// ============================ LoraOptions ============================
+
+const char* lora_init_name(LoraInit init) {
+  switch (init) {
+    case LoraInit::standard: return "true";
+    case LoraInit::gaussian: return "gaussian";
+    case LoraInit::pissa: return "pissa";
+    case LoraInit::random: return "false";
+  }
+  return "?";
+}
+
+double LoraOptions::scale() const {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
+
+void LoraOptions::validate(const std::string& where) const {
+  if (r <= 0) throw ValueError(where + ": rank r must be positive, got " + std::to_string(r));
+  if (!(alpha > 0) || !std::isfinite(alpha))
+    throw ValueError(where + ": lora_alpha must be positive and finite, got " + std::to_string(alpha));
+  if (!(dropout >= 0 && dropout < 1))
+    throw ValueError(where + ": lora_dropout must be in [0, 1), got " + std::to_string(dropout));
+}
+
+// ============================ ModuleDict ============================
+
+void ModuleDict::insert(const std::string& key, nn::ModulePtr m) {
+  if (!m) throw ValueError("ModuleDict: entry '" + key + "' is null");
+  if (contains(key)) throw ValueError("ModuleDict: key '" + key + "' already present");
+  items_.emplace_back(key, std::move(m));
+  const size_t i = items_.size() - 1;  // items_ only grows, so the index stays valid
+  add_child(
+      key, [this, i] { return items_[i].second; },
+      [this, i](const nn::ModulePtr& r) {
+        items_[i].second = r;
+        return true;
+      });
+}
+
+bool ModuleDict::contains(const std::string& key) const {
+  for (const auto& kv : items_)
+    if (kv.first == key) return true;
+  return false;
+}
+
+static std::string join_names(const std::vector<std::string>& names) {
+  std::string s = "[";
+  for (size_t i = 0; i < names.size(); ++i) s += (i ? ", '" : "'") + names[i] + "'";
+  return s + "]";
+}
+
+const nn::ModulePtr& ModuleDict::at(const std::string& key) const {
+  for (const auto& kv : items_)
+    if (kv.first == key) return kv.second;
+  throw ValueError("ModuleDict: no key '" + key + "'; keys: " + join_names(keys()));
+}
+
+std::vector<std::string> ModuleDict::keys() const {
+  std::vector<std::string> k;
+  for (const auto& kv : items_) k.push_back(kv.first);
+  return k;
+}
+
+std::shared_ptr<ModuleDict> ModuleDict::without(const std::string& key) const {
+  auto d = std::make_shared<ModuleDict>();
+  for (const auto& kv : items_)
+    if (kv.first != key) d->insert(kv.first, kv.second);
+  d->train(is_training());
+  return d;
+}
+
+// ============================ DoraMagnitude ============================
+
+DoraMagnitude::DoraMagnitude(Tensor magnitude) {
+  check_defined(magnitude, "DoraMagnitude");
+  if (magnitude.dim() != 1)
+    throw ShapeError("DoraMagnitude: magnitude must be 1-d (out), got " + shape_str(magnitude.shape()));
+  weight = magnitude.is_leaf() ? magnitude : magnitude.detach();
+  weight.requires_grad_(true);
+  register_parameter("weight", weight);
+}
+
+// ============================ the base layer ============================
+// Everything that depends on the base's concrete type is in this section.
+
+static std::shared_ptr<nn::Linear> as_dense_linear(const nn::ModulePtr& base) {
+  return std::dynamic_pointer_cast<nn::Linear>(base);
+}
+static std::shared_ptr<NF4Linear> as_nf4(const nn::ModulePtr& base) {
+  return std::dynamic_pointer_cast<NF4Linear>(base);
+}
+
+// t in dtype dt, without a copy when it already is (cast always copies).
+static Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); }
+
+Tensor LoraLinear::base_weight() const {
+  if (auto lin = as_dense_linear(base_layer)) return lin->weight.detach();
+  if (auto q = as_nf4(base_layer)) return q->dequantize();  // float32, a fresh tensor
+  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+}
+
+Tensor LoraLinear::base_bias() const {
+  if (auto lin = as_dense_linear(base_layer)) return lin->bias.defined() ? lin->bias.detach() : Tensor();
+  if (auto q = as_nf4(base_layer)) return q->bias.defined() ? q->bias.detach() : Tensor();
+  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+}
+
+void LoraLinear::set_base_weight(const Tensor& w) {
+  const Shape want{out_features, in_features};
+  if (w.shape() != want)
+    throw ShapeError("LoraLinear.set_base_weight: expected " + shape_str(want) + ", got " + shape_str(w.shape()));
+  NoGradGuard no_grad;
+  if (auto lin = as_dense_linear(base_layer)) {
+    lin->weight.copy_(w);  // in place: the base's (frozen) parameter keeps its identity
+    return;
+  }
+  if (auto q = as_nf4(base_layer)) {
+    // Dequantise-add-requantise (as PEFT does for bitsandbytes 4-bit bases):
+    // the new codes round the dense weight again, so a merge into NF4 is lossy.
+    q->requantize_from(as_dtype(w, DType::f32));
+    return;
+  }
+  throw Error("LoraLinear.set_base_weight: base layer " + base_layer->type_name() + " is not supported");
+}
+
+bool LoraLinear::base_is_nf4() const { return as_nf4(base_layer) != nullptr; }
+
+// ============================ LoraLinear ============================
+
+LoraLinear::LoraLinear(nn::ModulePtr base) : base_layer(std::move(base)) {
+  if (!base_layer) throw ValueError("LoraLinear: the base layer is null");
+  if (auto lin = as_dense_linear(base_layer)) {
+    in_features = lin->in_features;
+    out_features = lin->out_features;
+  } else if (auto q = as_nf4(base_layer)) {
+    in_features = q->in_features;
+    out_features = q->out_features;
+  } else {
+    throw ValueError("LoraLinear: the base layer must be an nn::Linear or a lora::NF4Linear, got " +
+                     base_layer->type_name());
+  }
+  base_layer->requires_grad_(false);
+  lora_dropout = std::make_shared<ModuleDict>();
+  lora_A = std::make_shared<ModuleDict>();
+  lora_B = std::make_shared<ModuleDict>();
+  lora_magnitude_vector = std::make_shared<ModuleDict>();
+  // PEFT's registration order, so parameters list in PEFT's order.
+  register_module("base_layer", base_layer);
+  register_module("lora_dropout", lora_dropout);
+  register_module("lora_A", lora_A);
+  register_module("lora_B", lora_B);
+  register_module("lora_magnitude_vector", lora_magnitude_vector);
+}
+
+LoraLinear::LoraLinear(nn::ModulePtr base, const std::string& adapter_name, const LoraOptions& opts)
+    : LoraLinear(std::move(base)) {
+  add_adapter(adapter_name, opts);
+}
+
+std::string LoraLinear::type_name() const { return base_is_nf4() ? "lora.Linear4bit" : "lora.Linear"; }
+
+std::string LoraLinear::extra_repr() const { return ""; }  // PEFT prints only the children
+
+const LoraLinear::Adapter& LoraLinear::adapter(const std::string& name, const char* op) const {
+  for (const auto& kv : adapters_)
+    if (kv.first == name) return kv.second;
+  throw ValueError(std::string("LoraLinear.") + op + ": no adapter named '" + name + "'; adapters: " +
+                   join_names(adapter_names()));
+}
+
+std::vector<std::string> LoraLinear::adapter_names() const {
+  std::vector<std::string> names;
+  for (const auto& kv : adapters_) names.push_back(kv.first);
+  return names;
+}
+
+bool LoraLinear::has_adapter(const std::string& name) const {
+  for (const auto& kv : adapters_)
+    if (kv.first == name) return true;
+  return false;
+}
+
+const LoraOptions& LoraLinear::adapter_options(const std::string& name) const {
+  return adapter(name, "adapter_options").opts;
+}
+double LoraLinear::scaling(const std::string& name) const { return adapter(name, "scaling").scale; }
+bool LoraLinear::is_dora(const std::string& name) const { return adapter(name, "is_dora").opts.use_dora; }
+
+Tensor& LoraLinear::lora_A_weight(const std::string& name) {
+  adapter(name, "lora_A_weight");
+  return lora_A->get<nn::Linear>(name)->weight;
+}
+
+Tensor& LoraLinear::lora_B_weight(const std::string& name) {
+  adapter(name, "lora_B_weight");
+  return lora_B->get<nn::Linear>(name)->weight;
+}
+
+Tensor& LoraLinear::magnitude(const std::string& name) {
+  if (!adapter(name, "magnitude").opts.use_dora)
+    throw ValueError("LoraLinear.magnitude: adapter '" + name + "' is not a DoRA adapter (use_dora false)");
+  return lora_magnitude_vector->get<DoraMagnitude>(name)->weight;
+}
+
+nn::Dropout& LoraLinear::dropout_module(const std::string& name) {
+  adapter(name, "dropout_module");
+  return *lora_dropout->get<nn::Dropout>(name);
+}
+
+// A stream for the dropout masks that differs from the init stream of the same seed.
+static uint64_t dropout_seed(uint64_t seed) { return seed ^ 0x9e3779b97f4a7c15ULL; }
+
+void LoraLinear::add_adapter(const std::string& name, const LoraOptions& opts) {
+  const std::string where = "LoraLinear.add_adapter('" + name + "')";
+  opts.validate(where);
+  if (name.empty() || name.find('.') != std::string::npos)
+    throw ValueError(where + ": adapter name must be non-empty and without '.'");
+  if (has_adapter(name)) throw ValueError(where + ": an adapter with this name already exists");
+  const int64_t r = opts.r, in = in_features, out = out_features;
+  const double s = opts.scale();
+  const DType dt = base_layer->dtype();  // of its first parameter: the weight (NF4: the bias, or f32)
+  Generator gen(opts.seed);
+
+  Tensor A, B;  // (r, in), (out, r)
+  switch (opts.init) {
+    case LoraInit::standard:  // kaiming_uniform(a = sqrt(5)): bound sqrt(6 / ((1 + 5) in)) = 1 / sqrt(in)
+      A = uniform({r, in}, -1 / std::sqrt(double(in)), 1 / std::sqrt(double(in)), gen, dt);
+      B = zeros({out, r}, dt);
+      break;
+    case LoraInit::gaussian:  // PEFT: nn.init.normal_(A, std = 1 / r)
+      A = normal({r, in}, 0.0, 1.0 / double(r), gen, dt);
+      B = zeros({out, r}, dt);
+      break;
+    case LoraInit::random:  // nn.Linear's default for both (PEFT's init_lora_weights = false)
+      A = uniform({r, in}, -1 / std::sqrt(double(in)), 1 / std::sqrt(double(in)), gen, dt);
+      B = uniform({out, r}, -1 / std::sqrt(double(r)), 1 / std::sqrt(double(r)), gen, dt);
+      break;
+    case LoraInit::pissa: {
+      if (r > std::min(in, out))
+        throw ValueError(where + ": PiSSA needs r <= min(in, out) = " + std::to_string(std::min(in, out)) +
+                         ", got r = " + std::to_string(r));
+      // W0 = U S Vh; B A = U_r S_r Vh_r / s, so s B A is the top-r part and the
+      // base keeps the rest. The square roots split S_r evenly between A and B.
+      // Computed in double (PEFT: float32 only); an NF4 base is requantised.
+      const Tensor W0 = as_dtype(base_weight(), dt);  // (out, in)
+      auto [Bf, Af] = low_rank_factors(W0.to(DType::f64), r);  // B = U_r sqrt(S_r), A = sqrt(S_r) Vh_r
+      NoGradGuard no_grad;
+      const double root = std::sqrt(s);
+      B = (Bf / root).to(dt);
+      A = (Af / root).to(dt);
+      set_base_weight(sub(W0, matmul(B, A) * s));
+      break;
+    }
+  }
+
+  auto a_layer = std::make_shared<nn::Linear>(A, Tensor());
+  auto b_layer = std::make_shared<nn::Linear>(B, Tensor());
+  auto drop = std::make_shared<nn::Dropout>(opts.dropout, std::make_shared<Generator>(dropout_seed(opts.seed)));
+  for (nn::Module* m : {static_cast<nn::Module*>(a_layer.get()), static_cast<nn::Module*>(b_layer.get()),
+                        static_cast<nn::Module*>(drop.get())})
+    m->train(is_training());
+  lora_dropout->insert(name, drop);
+  lora_A->insert(name, a_layer);
+  lora_B->insert(name, b_layer);
+  adapters_.emplace_back(name, Adapter{opts, s});
+  if (opts.use_dora) {
+    // m starts at ||W0 + s B A||_row: the adapter starts as a no-op (for B = 0 and for PiSSA alike).
+    auto mag = std::make_shared<DoraMagnitude>(dora_row_norm(name));
+    mag->train(is_training());
+    lora_magnitude_vector->insert(name, mag);
+  }
+  if (active_.empty()) active_ = name;
+  set_trainable(active_);
+}
+
+void LoraLinear::delete_adapter(const std::string& name) {
+  adapter(name, "delete_adapter");
+  if (merged_adapter_ == name)
+    throw ValueError("LoraLinear.delete_adapter: adapter '" + name + "' is merged into the base weight; unmerge() first");
+  lora_dropout = lora_dropout->without(name);
+  lora_A = lora_A->without(name);
+  lora_B = lora_B->without(name);
+  if (lora_magnitude_vector->contains(name)) lora_magnitude_vector = lora_magnitude_vector->without(name);
+  adapters_.erase(std::find_if(adapters_.begin(), adapters_.end(), [&](const auto& kv) { return kv.first == name; }));
+  if (active_ == name) {
+    // As PEFT: the alphabetically first remaining adapter becomes active.
+    std::vector<std::string> rest = adapter_names();
+    std::sort(rest.begin(), rest.end());
+    active_ = rest.empty() ? "" : rest.front();
+  }
+  if (!active_.empty()) set_trainable(active_);
+}
+
+void LoraLinear::set_adapter(const std::string& name) {
+  adapter(name, "set_adapter");
+  if (merged()) unmerge();  // PEFT: "Adapter cannot be set when the model is merged. Unmerging the model first."
+  active_ = name;
+  set_trainable(name);
+}
+
+void LoraLinear::set_trainable(const std::string& active) {
+  for (const auto& kv : adapters_) {
+    const bool on = kv.first == active;
+    lora_A_weight(kv.first).requires_grad_(on);
+    lora_B_weight(kv.first).requires_grad_(on);
+    if (kv.second.opts.use_dora) magnitude(kv.first).requires_grad_(on);
+  }
+}
+
+void LoraLinear::disable_adapters(bool disabled) {
+  if (disabled && merged()) unmerge();
+  disabled_ = disabled;
+}
+
+// ---- maths ----
+
+Tensor LoraLinear::delta_weight(const std::string& name) const {
+  adapter(name, "delta_weight");
+  NoGradGuard no_grad;
+  const Tensor& A = lora_A->get<nn::Linear>(name)->weight;  // (r, in)
+  const Tensor& B = lora_B->get<nn::Linear>(name)->weight;  // (out, r)
+  return (matmul(B, A) * scaling(name)).detach();           // (out, in), PEFT's (B @ A) * scaling
+}
+
+// Row-wise L2 norm of W (out, in), accumulated in double.
+static Tensor row_norms(const Tensor& W) {
+  const int64_t rows = W.size(0), cols = W.size(1);
+  const std::vector<double> v = W.to_vector();
+  std::vector<double> n(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    double s = 0;
+    for (int64_t j = 0; j < cols; ++j) s += v[i * cols + j] * v[i * cols + j];
+    n[i] = std::sqrt(s);
+  }
+  return from_values(n, {rows}, W.dtype());
+}
+
+Tensor LoraLinear::dora_row_norm(const std::string& name) const {
+  NoGradGuard no_grad;
+  const Tensor delta = delta_weight(name);
+  return row_norms(add(as_dtype(base_weight(), delta.dtype()), delta));  // (out), constant in backward
+}
+
+Tensor LoraLinear::forward(const Tensor& x) {
+  if (disabled_ || active_.empty() || merged()) return base_layer->forward(x);
+  const Adapter& ad = adapter(active_, "forward");
+  const double s = ad.scale;
+  const Tensor& A = lora_A->get<nn::Linear>(active_)->weight;  // (r, in)
+  const Tensor& B = lora_B->get<nn::Linear>(active_)->weight;  // (out, r)
+  nn::Dropout& drop = *lora_dropout->get<nn::Dropout>(active_);
+  const bool dropping = drop.is_training() && drop.p > 0;
+
+  Tensor y = base_layer->forward(x);              // (..., out) = W0 x + b
+  const Tensor xd = dropping ? drop.forward(x) : x;  // (..., in)
+  const Tensor lora = linear(linear(xd, A), B);   // (..., out) = B (A x_d); B A is never formed
+  if (!ad.opts.use_dora) return add(y, lora * s);
+
+  // DoRA. n is recomputed from the current A, B each call but detached, so no
+  // gradient reaches A or B through it (PEFT: weight_norm.detach()).
+  const Tensor& m = lora_magnitude_vector->get<DoraMagnitude>(active_)->weight;  // (out)
+  const Tensor mn = div(m, dora_row_norm(active_));                               // (out), m / n
+  Tensor base_result;                                                             // (..., out) = W0 x_d
+  if (!dropping) {
+    const Tensor b = base_bias();
+    base_result = b.defined() ? sub(y, b) : y;  // reuse base(x): W0 x = base(x) - b
+  } else {
+    base_result = linear(xd, as_dtype(base_weight(), xd.dtype()));
+  }
+  const Tensor dora = (mn - 1.0) * base_result + (mn * lora) * s;  // PEFT's order of operations
+  return add(y, dora);
+}
+
+// ---- merge ----
+
+void LoraLinear::merge() {
+  if (merged() || active_.empty()) return;
+  const Adapter& ad = adapter(active_, "merge");
+  NoGradGuard no_grad;
+  const Tensor delta = delta_weight(active_);                    // (out, in)
+  const Tensor W0 = as_dtype(base_weight(), delta.dtype());
+  if (!ad.opts.use_dora) {
+    set_base_weight(add(W0, delta));
+  } else {
+    const Tensor W = add(W0, delta);
+    merged_dora_norm_ = row_norms(W);                                       // (out)
+    const Tensor factor = div(magnitude(active_).detach(), merged_dora_norm_);  // (out)
+    set_base_weight(mul(reshape(factor, {out_features, 1}), W));
+  }
+  merged_adapter_ = active_;
+}
+
+void LoraLinear::unmerge() {
+  if (!merged()) return;
+  const Adapter& ad = adapter(merged_adapter_, "unmerge");
+  NoGradGuard no_grad;
+  const Tensor delta = delta_weight(merged_adapter_);
+  const Tensor W = as_dtype(base_weight(), delta.dtype());
+  if (!ad.opts.use_dora) {
+    set_base_weight(sub(W, delta));
+  } else {
+    const Tensor factor = div(magnitude(merged_adapter_).detach(), merged_dora_norm_);
+    set_base_weight(sub(div(W, reshape(factor, {out_features, 1})), delta));
+    merged_dora_norm_ = Tensor();
+  }
+  merged_adapter_.clear();
+}
+
+// ---- sizes ----
+
+size_t LoraLinear::adapter_bytes(const std::string& name) const {
+  const Adapter& ad = adapter(name, "adapter_bytes");
+  size_t bytes = lora_A->get<nn::Linear>(name)->weight.nbytes() + lora_B->get<nn::Linear>(name)->weight.nbytes();
+  if (ad.opts.use_dora) bytes += lora_magnitude_vector->get<DoraMagnitude>(name)->weight.nbytes();
+  return bytes;
+}
+
+size_t LoraLinear::adapter_bytes() const {
+  size_t bytes = 0;
+  for (const auto& kv : adapters_) bytes += adapter_bytes(kv.first);
+  return bytes;
+}
+
+}  // namespace loragrad::lora
