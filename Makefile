@@ -7,7 +7,7 @@ DEBS     := cmake g++ make libxtensor-dev libxsimd-dev libboost-test-dev nlohman
 # Optional peers for the benchmarks (OpenBLAS, PyTorch); installed by `make bench`.
 BENCH_DEBS := libopenblas-dev python3-torch
 
-.PHONY: all deps build test demo bench sanitize clean
+.PHONY: all deps build test demo bench bench-deps sanitize clean
 
 all: build
 
@@ -28,6 +28,7 @@ test: build
 
 demo: build
 	./$(BUILD)/examples/hello_autograd
+	./$(BUILD)/examples/pretrain
 
 bench-deps:
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
