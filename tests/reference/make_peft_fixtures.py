@@ -22,6 +22,14 @@ Writes into fixtures/peft/:
   nf4_*.safetensors          if bitsandbytes is importable with a GPU: a weight quantised by
                              bitsandbytes (nf4, blocksize 64, with and without double quantisation)
 
+The other direction (an adapter saved by loragrad loads in PEFT):
+
+    build/tests/make_loragrad_adapters tests/reference/fixtures     # loragrad writes adapters + its logits
+    python3 tests/reference/make_peft_fixtures.py --check-loragrad  # PEFT loads them and compares
+
+writes fixtures/loragrad_adapters/peft_check.txt (PEFT's verdict, committed) and
+exits non-zero if PEFT's logits differ from loragrad's by more than 1e-10 relative.
+
 Adapter values are random but rounded to float32, so the float32 adapter files
 hold exactly the values the float64 numbers were computed with.
 """
@@ -176,7 +184,40 @@ def nf4_case():
     write_safetensors(os.path.join(OUT, "dynamic_map.safetensors"), [("map", dm.numpy())], {"bitsandbytes": bnb.__version__})
 
 
+def check_loragrad_adapters():
+    from peft import PeftModel
+    root = os.path.join(HERE, "fixtures", "loragrad_adapters")
+    params, meta = read_safetensors(os.path.join(HERE, "fixtures", "tinygpt_small.safetensors"))
+    exp, _ = read_safetensors(os.path.join(HERE, "fixtures", "tinygpt_small_expected.safetensors"))
+    idx = torch.from_numpy(exp["idx"])
+    hp = {k: int(meta[k]) for k in ("vocab_size", "block_size", "d_model", "n_layer", "n_head", "d_ff")}
+    lines, ok = [f"peft {peft.__version__}, torch {torch.__version__}"], True
+    for case in sorted(os.listdir(root)):
+        d = os.path.join(root, case)
+        if not os.path.isdir(d):
+            continue
+        model = TinyGPT(**hp)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()}, strict=True)
+        model = PeftModel.from_pretrained(model.double(), d).double().eval()
+        with torch.no_grad():
+            logits = model(idx)
+        ref = torch.from_numpy(read_safetensors(os.path.join(d, "expected.safetensors"))[0]["logits"])
+        rel = ((logits - ref).abs().max() / ref.abs().max()).item()
+        n_lora = sum(1 for n, _ in model.named_parameters() if "lora_" in n)
+        good = rel <= 1e-10 and n_lora > 0
+        ok = ok and good
+        lines.append(f"{case}: PeftModel.from_pretrained loaded {n_lora} adapter tensors; "
+                     f"max |PEFT - loragrad| / max |logits| = {rel:.3e} -> {'ok' if good else 'FAIL'}")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    with open(os.path.join(root, "peft_check.txt"), "w") as f:
+        f.write(text)
+    sys.exit(0 if ok else 1)
+
+
 def main():
+    if "--check-loragrad" in sys.argv[1:]:
+        check_loragrad_adapters()
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     layer_case("lora", 3, 6, False, False)
