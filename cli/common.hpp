@@ -1,0 +1,62 @@
+#pragma once
+// What several loragrad subcommands share: loading a checkpoint (and an
+// adapter), choosing the training text, refusing to overwrite, and the
+// training loop with its progress output.
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "args.hpp"
+#include "loragrad/data/byte_dataset.hpp"
+#include "loragrad/nn/tiny_gpt.hpp"
+#include "loragrad/optim/optimizer.hpp"
+
+namespace loragrad::cli {
+
+// Each subcommand: argv[1] is its name; returns the exit status.
+int run_pretrain(int argc, char** argv);
+int run_finetune(int argc, char** argv);
+int run_generate(int argc, char** argv);
+int run_info(int argc, char** argv);
+int run_eval(int argc, char** argv);
+int run_merge(int argc, char** argv);
+int run_gradcheck(int argc, char** argv);
+
+// IOError unless `path` can be written: it must not exist unless force.
+void check_can_write(const std::string& path, bool force, const std::string& flag);
+// IOError naming the flag and path unless it is an existing regular file / directory.
+void check_file(const std::string& path, const std::string& flag);
+void check_dir(const std::string& path, const std::string& flag);
+
+// A TinyGPT checkpoint, in eval mode.
+std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path);
+// --base CKPT, plus --adapter DIR when given (frozen: for inference).
+std::shared_ptr<nn::TinyGPT> load_model(const Args& a);
+
+// The training text: --data FILE or --domain NAME (exactly one; a domain's
+// text is generated from --seed), split 90/10.
+ByteDataset training_text(const Args& a, const std::string& default_domain, uint64_t seed);
+
+// OpenMP threads from --threads (0 or absent: OpenMP's choice).
+void set_threads(const Args& a);
+
+struct TrainOptions {
+  int64_t steps = 100, batch = 8, seq = 64;
+  uint64_t seed = 0;
+  bool quiet = false;
+  double max_grad_norm = 1.0;
+};
+// AdamW-style loop: cosine schedule with 5% warm-up, clipping, periodic
+// validation loss when the validation split holds a window. Returns the last
+// validation loss (or the last training loss when there is no validation split).
+double train(nn::TinyGPT& model, Optimizer& opt, const ByteDataset& data, const TrainOptions& o);
+
+// Bytes a terminal should not interpret become '?'.
+std::string printable(const std::string& s);
+std::string fixed(double x, int digits);
+// "1,234,567"
+std::string with_commas(int64_t n);
+// "1.50 MiB"
+std::string format_bytes(double bytes);
+
+}  // namespace loragrad::cli
