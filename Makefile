@@ -27,8 +27,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	./$(BUILD)/examples/hello_autograd
-	./$(BUILD)/examples/pretrain
+	./$(BUILD)/examples/demo
 
 bench-deps:
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
