@@ -17,6 +17,7 @@
 
 #include "args.hpp"
 #include "common.hpp"
+#include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"
 
 using namespace loragrad::cli;
@@ -59,19 +60,11 @@ std::string one_line(std::string s) {
   return out;
 }
 
-// libgomp lets idle threads spin at barriers, which on a busy machine steals
-// the core a partner thread needs (see examples/pretrain.cpp). It reads
-// OMP_WAIT_POLICY only at load time: set it and restart once.
-void prefer_passive_openmp_threads(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  ::setenv("OMP_WAIT_POLICY", "passive", 1);
-  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_threads(argv);
+  loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   if (argc < 2) {
     print_usage(std::cerr);
     return 2;

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "demo_report.hpp"
+#include "loragrad/parallel.hpp"
 #include "loragrad/autograd.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
@@ -569,18 +570,11 @@ int run(const Options& o) {
   return 0;
 }
 
-// libgomp's spinning threads steal the core their partner needs on a shared
-// machine (see pretrain.cpp): prefer passive waiting, set before libgomp loads.
-void prefer_passive_openmp_threads(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  ::setenv("OMP_WAIT_POLICY", "passive", 1);
-  ::execv("/proc/self/exe", argv);
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_threads(argv);
+  loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   Options options;
   try {
     options = parse_args(argc, argv);

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "loragrad/parallel.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/error.hpp"
@@ -320,23 +321,11 @@ int run(const Options& o) {
   return 0;
 }
 
-// libgomp's default lets idle threads spin for a while at every barrier. On a
-// machine whose cores are busy with other work (a shared box, a parallel
-// build) a spinning thread takes the core its partner needs, and a step runs
-// 5-8x slower (measured: 1-3 steps/s instead of 8-12). Sleeping threads cost
-// up to a fifth on an idle machine (12-14 steps/s instead of 15). libgomp
-// reads OMP_WAIT_POLICY only when it loads, before main, so we set it and
-// restart once; a value the user set is kept.
-void prefer_passive_openmp_threads(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  ::setenv("OMP_WAIT_POLICY", "passive", 1);
-  ::execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  prefer_passive_openmp_threads(argv);
+  loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   Options options;
   try {
     options = parse_args(argc, argv);

@@ -25,4 +25,14 @@ inline void parallel_for(int64_t n, int64_t work, F&& body) {
   }
 }
 
+// libgomp's default lets idle threads spin for a while at every barrier. On a
+// machine whose cores are busy with other work (a shared box, a parallel
+// build) a spinning thread takes the core its partner needs, and a training
+// step runs 5-8x slower (measured: 1-3 steps/s instead of 8-12). Sleeping
+// threads cost up to a fifth on an idle machine. libgomp reads OMP_WAIT_POLICY
+// only when it loads, before main, so a program calls this first thing in
+// main: it sets the variable and restarts itself once (via /proc/self/exe);
+// a value the user set is kept, and if the restart fails it runs as it is.
+void prefer_passive_openmp_threads(char** argv);
+
 }  // namespace loragrad
