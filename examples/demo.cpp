@@ -24,6 +24,7 @@
 // Exit status: 0 when every check holds, 1 when one fails (or on a runtime
 // error), 2 on a bad command line.
 #include <omp.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -563,6 +564,9 @@ int run(const Options& o) {
             << "             " << svg << "\n"
             << "total time "
             << fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1) << " s\n";
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
+  std::cout << "peak RSS " << demo::format_bytes(static_cast<size_t>(usage.ru_maxrss) * 1024) << " (whole run)\n";
   if (!ok) {
     std::cerr << "demo: a check failed (see 'A off=base' and 'reload diff')\n";
     return 1;
