@@ -5,6 +5,8 @@
 #define BOOST_TEST_MODULE nn_modules
 #include <boost/test/unit_test.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -37,20 +39,6 @@ TinyGPTConfig small_config(uint64_t seed = 1) {
 Tensor batch_ids(const TinyGPTConfig& c, int64_t B, int64_t t, uint64_t seed = 5) {
   Generator gen(seed);
   return randint({B, t}, 0, c.vocab_size, gen);
-}
-
-template <class E, class F>
-void check_throws(F f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    BOOST_ERROR("expected an exception mentioning '" << parts[0] << "'");
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      BOOST_CHECK_MESSAGE(std::string(e.what()).find(p) != std::string::npos,
-                          "message '" << e.what() << "' lacks '" << p << "'");
-  } catch (const std::exception& e) {
-    BOOST_ERROR("wrong exception type, message: " << e.what());
-  }
 }
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {

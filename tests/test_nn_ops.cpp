@@ -4,6 +4,8 @@
 #define BOOST_TEST_MODULE nn_ops
 #include <boost/test/unit_test.hpp>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <limits>
 #include <string>
@@ -41,20 +43,6 @@ void check_close(const Vec& a, const Vec& b, double atol, double rtol, const std
   }
   BOOST_CHECK_MESSAGE(a.empty() || worst_excess <= 0,
                       what << ": element " << worst << " is " << a[worst] << ", expected " << b[worst]);
-}
-
-template <class E, class F>
-void check_throws(F f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    BOOST_ERROR("expected an exception mentioning '" << parts[0] << "'");
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      BOOST_CHECK_MESSAGE(std::string(e.what()).find(p) != std::string::npos,
-                          "message '" << e.what() << "' lacks '" << p << "'");
-  } catch (const std::exception& e) {
-    BOOST_ERROR("wrong exception type, message: " << e.what());
-  }
 }
 
 void check_gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, const std::string& what) {

@@ -4,6 +4,8 @@
 #define BOOST_TEST_MODULE tinygpt
 #include <boost/test/unit_test.hpp>
 
+#include "test_util.hpp"
+
 #include <unistd.h>
 
 #include <cmath>
@@ -45,20 +47,6 @@ Tensor batch_ids(int64_t V, int64_t B, int64_t t, uint64_t seed) {
 
 bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
-}
-
-template <class E, class F>
-void check_throws(F f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    BOOST_ERROR("expected an exception mentioning '" << parts[0] << "'");
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      BOOST_CHECK_MESSAGE(std::string(e.what()).find(p) != std::string::npos,
-                          "message '" << e.what() << "' lacks '" << p << "'");
-  } catch (const std::exception& e) {
-    BOOST_ERROR("wrong exception type, message: " << e.what());
-  }
 }
 
 // A private temporary directory, removed at the end of each test.
