@@ -1,15 +1,20 @@
 #include "common.hpp"
 
+#include <fcntl.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <limits>
 
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/error.hpp"
+#include "loragrad/files.hpp"
 #include "loragrad/lora/peft_io.hpp"
 #include "loragrad/nn/progress.hpp"
 #include "loragrad/nn/train_loop.hpp"
@@ -19,10 +24,23 @@ namespace fs = std::filesystem;
 
 namespace loragrad::cli {
 
+// Checked before any work: a run must not train for minutes and then find it
+// cannot write. The probe really creates (and removes) a file next to `path`,
+// since permission bits say little when running as root.
 void check_can_write(const std::string& path, bool force, const std::string& flag) {
   std::error_code ec;
+  if (path.empty()) throw UsageError(flag + " needs a path");
+  refuse_temporary_path(path, flag);
   if (fs::exists(path, ec) && !force)
     throw IOError(flag + " " + path + " already exists; pass --force to replace it");
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  fs::create_directories(parent, ec);
+  if (ec) throw IOError(flag + " " + path + ": cannot create the directory " + parent.string() + ": " + ec.message());
+  const std::string probe = temporary_path(path);
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) throw IOError(flag + " " + path + ": cannot write in " + parent.string() + ": " + std::strerror(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
 }
 
 void check_file(const std::string& path, const std::string& flag) {
@@ -92,14 +110,13 @@ double train(nn::TinyGPT& model, Optimizer& opt, const ByteDataset& data, const 
   const int64_t eval_every = std::max<int64_t>(1, o.steps / 5);
   Generator batch_gen(o.seed + 2);
   double last = std::numeric_limits<double>::quiet_NaN();
-  int64_t skipped = 0;
   model.train();
   nn::Progress progress(o.steps, o.batch * o.seq, o.quiet, eval_every);
   for (int64_t t = 0; t < o.steps; ++t) {
     schedule.apply(opt, t);
     const nn::StepResult r =
         nn::train_step(model, opt, data.sample(Split::train, o.batch, o.seq, batch_gen), o.max_grad_norm);
-    if (!r.applied) ++skipped;
+    nn::stop_unless_finite(r, t + 1);
     if (!has_validation) last = r.loss;
     char lr[32];
     std::snprintf(lr, sizeof lr, "lr %.1e", opt.groups()[0].lr);
@@ -114,11 +131,10 @@ double train(nn::TinyGPT& model, Optimizer& opt, const ByteDataset& data, const 
   model.eval();
   std::cout << "speed: " << fixed(progress.steps_per_s(), 2) << " steps/s, " << nn::format_count(progress.tokens_per_s())
             << " tokens/s\n";
-  if (skipped > 0) std::cout << "warning: " << skipped << " steps skipped for a non-finite loss or gradient\n";
   return last;
 }
 
-std::string printable(const std::string& s) {
+std::string terminal_safe(const std::string& s) {
   std::string out = s;
   for (char& c : out) {
     const unsigned char u = static_cast<unsigned char>(c);

@@ -52,7 +52,7 @@ struct TrainOptions {
 double train(nn::TinyGPT& model, Optimizer& opt, const ByteDataset& data, const TrainOptions& o);
 
 // Bytes a terminal should not interpret become '?'.
-std::string printable(const std::string& s);
+std::string terminal_safe(const std::string& s);
 std::string fixed(double x, int digits);
 // "1,234,567"
 std::string with_commas(int64_t n);

@@ -49,7 +49,7 @@ void print_usage(std::ostream& os) {
   }
 }
 
-// One line: newlines inside a message become "; ".
+// One line: newlines inside a message become "; ", other control bytes \xHH.
 std::string one_line(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
   std::string out;
@@ -57,7 +57,7 @@ std::string one_line(std::string s) {
     if (c == '\n') out += "; ";
     else out += c;
   }
-  return out;
+  return loragrad::printable(out);  // file text inside a message: no raw control bytes or invalid UTF-8
 }
 
 

@@ -82,7 +82,7 @@ int run_generate(int argc, char** argv) {
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 1000000000));
   set_threads(a);
   auto model = load_model(a);
-  std::cout << printable(nn::sample_text(*model, prompt, tokens, temperature, top_k, seed)) << "\n";
+  std::cout << terminal_safe(nn::sample_text(*model, prompt, tokens, temperature, top_k, seed)) << "\n";
   return 0;
 }
 
@@ -168,6 +168,9 @@ int run_eval(int argc, char** argv) {
   if (a.given("--data")) {
     const std::string text = read_text(a.str("--data"), "--data");
     const double loss = mean_loss(*model, text);
+    if (!std::isfinite(loss))
+      throw ValueError("the loss is " + std::to_string(loss) + ": the model's logits are not finite (NaN/Inf "
+                       "or huge values in the weights, or an adapter scale lora_alpha / r that overflows)");
     std::cout << "loss " << fixed(loss, 6) << " nats/byte over " << text.size() - 1 << " predictions ("
               << fixed(loss / std::log(2.0), 4) << " bits/byte)\n";
   }

@@ -354,6 +354,7 @@ std::shared_ptr<TinyGPT> pretrain(const Options& o, const Data& d, const std::st
   for (int64_t t = 0; t < o.pretrain_steps; ++t) {
     schedule.apply(opt, t);
     const StepResult r = train_step(*model, opt, d.stories.sample(Split::train, o.batch, o.seq, gen), 1.0);
+    stop_unless_finite(r, t + 1);
     progress.update(t + 1, r.loss);
   }
   progress.finish();
@@ -412,6 +413,7 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
     const auto t0 = std::chrono::steady_clock::now();
     const StepResult r = train_step(*model, *opt, batch, 1.0);
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    stop_unless_finite(r, t + 1);
     progress.update(t + 1, r.loss, m.name);
     if ((t + 1) % eval_every == 0 || t + 1 == o.steps) {
       Progress::Paused pause(progress);

@@ -276,12 +276,11 @@ int run(const Options& o) {
   const int64_t eval_every = o.eval_every > 0 ? o.eval_every : std::max<int64_t>(1, o.steps / 10);
   Generator batch_gen(o.seed + 2);
   double val_loss = std::numeric_limits<double>::quiet_NaN();
-  int64_t skipped = 0;
   Progress progress(o.steps, tokens_per_step, o.quiet, eval_every);
   for (int64_t t = 0; t < o.steps; ++t) {
     schedule.apply(opt, t);
     const StepResult r = train_step(*model, opt, data.sample(Split::train, o.batch, o.seq, batch_gen), max_grad_norm);
-    if (!r.applied) ++skipped;
+    stop_unless_finite(r, t + 1);
     char lr[32];
     std::snprintf(lr, sizeof lr, "lr %.1e", opt.groups()[0].lr);
     progress.update(t + 1, r.loss, lr);
@@ -300,7 +299,6 @@ int run(const Options& o) {
             << "speed: " << o.steps << " steps in " << fixed(train_s, 1) << " s of training = "
             << fixed(progress.steps_per_s(), 2) << " steps/s, " << format_count(progress.tokens_per_s())
             << " tokens/s (total " << fixed(progress.elapsed_s(), 1) << " s with evaluations)\n";
-  if (skipped > 0) std::cout << "warning: " << skipped << " steps skipped for a non-finite loss or gradient\n";
 
   std::filesystem::create_directories(o.out);
   const std::string path = (std::filesystem::path(o.out) / ("tinygpt_" + std::string(domain_name(o.domain)) +

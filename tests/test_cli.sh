@@ -154,6 +154,32 @@ err "not a checkpoint" 1 "text.txt" -- "$L" eval --base "$T/text.txt" --data "$T
 err "unknown target module" 1 "matched no module" -- "$L" finetune $F $tiny --targets nothere
 ok "a wider model" -- "$L" pretrain --steps 1 --batch 2 --seq 16 --d-model 32 --layers 1 --heads 2 --quiet --out "$T/wide.safetensors"
 err "adapter of another shape" 1 "wrong shape" -- "$L" eval --base "$T/wide.safetensors" --adapter "$T/ad" --data "$T/text.txt"
+
+# ---- hostile files and places (issue 8): one line, exit 1, nothing written ----
+deep=$(printf '%20000s' '' | tr ' ' '(')q_proj$(printf '%20000s' '' | tr ' ' ')')
+mkdir -p "$T/deep"
+cp "$T/ad/adapter_model.safetensors" "$T/deep/"
+printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": "%s"}' "$deep" >"$T/deep/adapter_config.json"
+err "target regex nested 20,000 deep" 1 "target_modules regex.*longer than" -- "$L" info --base "$B" --adapter "$T/deep"
+cp -r "$T/ad" "$T/alpha"
+sed 's/"lora_alpha": [0-9.]*/"lora_alpha": 1e400/' "$T/ad/adapter_config.json" >"$T/alpha/adapter_config.json"
+err "lora_alpha 1e400" 1 "adapter_config.json: invalid JSON at key 'lora_alpha'" -- "$L" info --base "$B" --adapter "$T/alpha"
+sed 's/"lora_alpha": [0-9.]*/"lora_alpha": 1e308/' "$T/ad/adapter_config.json" >"$T/alpha/adapter_config.json"
+err "lora_alpha 1e308 gives no loss nan with exit 0" 1 "the loss is .*nan.*not finite" -- \
+  "$L" eval --base "$B" --adapter "$T/alpha" --data "$T/text.txt"
+bad=$(printf 'q_proj\377\033[2J')
+sed "s/\"q_proj\"/\"$bad\"/" "$T/ad/adapter_config.json" >"$T/alpha/adapter_config.json"
+err "invalid UTF-8 is escaped" 1 'invalid JSON.*\\x' -- "$L" info --base "$B" --adapter "$T/alpha"
+LC_ALL=C grep -q "$(printf '[\033\377]')" "$T/err" && fail "raw control or invalid bytes echoed: $(cat "$T/err")"
+rm -f "$T/alpha/adapter_config.json" && mkdir "$T/alpha/adapter_config.json"
+err "adapter_config.json is a directory" 1 "adapter_config.json is a directory" -- "$L" info --base "$B" --adapter "$T/alpha"
+cp -r "$T/ad" "$T/ad.tmp.4242"
+err "a killed writer's leftover is not loaded" 1 "interrupted write" -- "$L" info --base "$B" --adapter "$T/ad.tmp.4242"
+err "--out in an unwritable place, before training" 1 "--out /proc/nowhere/ad: cannot create" -- \
+  "$L" finetune --base "$B" --data "$T/text.txt" $tiny --out /proc/nowhere/ad
+[ -s "$T/out" ] && fail "finetune printed before refusing --out: $(cat "$T/out")"
+err "--out under a file" 1 "text.txt: Not a directory" -- "$L" pretrain $tiny --out "$T/text.txt/b.safetensors"
+
 [ -e "$T/new" ] && fail "a failed command left $T/new behind"
 
 echo "$checks checks, $failures failed"

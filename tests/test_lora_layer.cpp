@@ -392,6 +392,109 @@ BOOST_AUTO_TEST_CASE(dropout_formulas) {
 }
 
 // ---------------------------------------------------------------------------
+// Issue 8, defect 7: gradients reaching an UNFROZEN base layer. PEFT's DoRA
+// (DoraLinearVariant.forward + DoraLinearLayer.forward) uses the live base:
+//   no dropout, or eval:  base_result = base_layer(x) - base_layer.bias   (both live)
+//   dropout, training:    base_result = F.linear(dropout(x), base_layer.weight)  (live)
+// and only the row norm n is detached. So with W0, b trainable:
+//   y = W0 x + b + (m/n - 1) (W0 x_d) + (m/n) s B A x_d
+//   dL/db = g,  dL/dW0 = g x^T + diag(m/n - 1) g x_d^T (+ the B A term's, zero here).
+// ---------------------------------------------------------------------------
+
+namespace {
+
+struct UnfrozenBase {
+  std::shared_ptr<nn::Linear> base;
+  std::unique_ptr<LoraLinear> lay;
+};
+
+// The issue's layer: W0 = I2, b = (0.5, -0.5), B = 0 (standard init), m = (2, 3)
+// for DoRA, so n = ||I2||_row = (1, 1) and m/n = (2, 3). Base weight and bias
+// made trainable after wrapping (LoraLinear freezes them).
+UnfrozenBase unfrozen_base_layer(bool dora, double p) {
+  UnfrozenBase u;
+  u.base = std::make_shared<nn::Linear>(from_values({1, 0, 0, 1}, {2, 2}, DType::f64),
+                                        from_values({0.5, -0.5}, {2}, DType::f64));
+  LoraOptions o;
+  o.r = 1;
+  o.alpha = 1;
+  o.dropout = p;
+  o.use_dora = dora;
+  o.init = LoraInit::standard;  // B = 0
+  o.seed = 3;
+  u.lay = std::make_unique<LoraLinear>(u.base, "default", o);
+  if (dora) {
+    NoGradGuard no_grad;
+    u.lay->magnitude("default").copy_(from_values({2, 3}, {2}, DType::f64));
+  }
+  u.base->weight.requires_grad_(true);
+  u.base->bias.requires_grad_(true);
+  return u;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(dora_unfrozen_base_gradients_issue_numbers) {
+  // Train mode, no dropout, and eval mode with dropout configured (PEFT then takes
+  // the same base_result = result - bias path): identical numbers.
+  for (bool eval : {false, true}) {
+    BOOST_TEST_CONTEXT("eval " << eval) {
+      UnfrozenBase u = unfrozen_base_layer(/*dora=*/true, eval ? 0.5 : 0.0);
+      if (eval) u.lay->eval();
+      const Tensor x = ones({1, 2}, DType::f64);
+      const Tensor y = u.lay->forward(x);
+      sum(y).backward();  // upstream gradient g = ones
+      // y = (m/n) W0 x + b = (2 + 0.5, 3 - 0.5)
+      CHECK_CLOSE_T(y, from_values({2.5, 2.5}, {1, 2}, DType::f64), 1e-15);
+      // PEFT: db = g = [1, 1] (the bias enters once: base(x) - b cancels it in base_result).
+      BOOST_REQUIRE(u.base->bias.grad().defined());
+      CHECK_CLOSE_T(u.base->bias.grad(), from_values({1, 1}, {2}, DType::f64), 1e-15);
+      // dW0 = diag(m/n) g x^T = [[2, 2], [3, 3]] (n constant).
+      BOOST_REQUIRE(u.base->weight.grad().defined());
+      CHECK_CLOSE_T(u.base->weight.grad(), from_values({2, 2, 3, 3}, {2, 2}, DType::f64), 1e-15);
+      // dm = g * (W0 x) / n = [1, 1].
+      CHECK_CLOSE_T(u.lay->magnitude("default").grad(), from_values({1, 1}, {2}, DType::f64), 1e-15);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(dora_unfrozen_base_gradients_with_dropout) {
+  // Training with dropout: base_result = W0 x_d with the live W0.
+  const double p = 0.5;
+  UnfrozenBase u = unfrozen_base_layer(/*dora=*/true, p);
+  const Tensor x = ones({1, 2}, DType::f64);
+  u.lay->dropout_module("default").gen->manual_seed(5);
+  Generator mask_gen = *u.lay->dropout_module("default").gen;  // the state the layer will draw from
+  const Tensor y = u.lay->forward(x);
+  sum(y).backward();
+  const std::vector<double> xd = dropout(x, p, true, mask_gen).to_vector();
+  BOOST_TEST_MESSAGE("x_d = (" << xd[0] << ", " << xd[1] << ")");
+  BOOST_REQUIRE(xd[0] != xd[1]);  // one kept (2), one dropped (0): both branches of the formula matter
+  const double mn[2] = {2, 3};
+  // y_i = x_i + b_i + (mn_i - 1) x_d_i;  dW0_ij = x_j + (mn_i - 1) x_d_j;  db = 1
+  CHECK_CLOSE_T(y, from_values({1 + 0.5 + (mn[0] - 1) * xd[0], 1 - 0.5 + (mn[1] - 1) * xd[1]}, {1, 2}, DType::f64),
+                1e-15);
+  std::vector<double> dW(4);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) dW[i * 2 + j] = 1 + (mn[i] - 1) * xd[j];
+  BOOST_REQUIRE(u.base->weight.grad().defined());
+  CHECK_CLOSE_T(u.base->weight.grad(), from_values(dW, {2, 2}, DType::f64), 1e-15);
+  CHECK_CLOSE_T(u.base->bias.grad(), from_values({1, 1}, {2}, DType::f64), 1e-15);
+}
+
+BOOST_AUTO_TEST_CASE(lora_unfrozen_base_gradients) {
+  // Plain LoRA: y = W0 x + b + s B A x_d, so db = g and dW0 = g x^T, with or without dropout.
+  for (double p : {0.0, 0.5}) {
+    BOOST_TEST_CONTEXT("p " << p) {
+      UnfrozenBase u = unfrozen_base_layer(/*dora=*/false, p);
+      sum(u.lay->forward(ones({1, 2}, DType::f64))).backward();
+      CHECK_CLOSE_T(u.base->bias.grad(), from_values({1, 1}, {2}, DType::f64), 1e-15);
+      CHECK_CLOSE_T(u.base->weight.grad(), from_values({1, 1, 1, 1}, {2, 2}, DType::f64), 1e-15);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Init schemes.
 // ---------------------------------------------------------------------------
 

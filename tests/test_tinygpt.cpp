@@ -49,16 +49,6 @@ bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }
 
-// A private temporary directory, removed at the end of each test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("loragrad_test_tinygpt_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -175,7 +165,7 @@ BOOST_AUTO_TEST_CASE(bad_checkpoints_are_refused) {
   const std::string wrong = dir.file("wrong_shapes.safetensors");
   save_safetensors(wrong, bad, c.to_metadata());
   check_throws<IOError>([&] { TinyGPT::load(wrong); },
-                        {wrong, "blocks.0.mlp.fc_in.weight (state dict [32, 17], model [32, 16])", "missing: ln_f.bias",
+                        {wrong, "blocks.0.mlp.fc_in.weight is [32, 17] in the file, [32, 16] by the metadata", "missing: ln_f.bias",
                          "unexpected: blocks.0.attn.extra"});
 
   // not a TinyGPT checkpoint: no hyper-parameters
@@ -272,4 +262,74 @@ BOOST_AUTO_TEST_CASE(sgd_steps_lower_the_loss) {
   BOOST_CHECK_CLOSE(losses.front(), std::log(40.0), 2.0);  // a fresh model is near uniform
   BOOST_CHECK_LT(losses.back(), losses.front() - 0.3);
   for (size_t i = 1; i < losses.size(); ++i) BOOST_CHECK_LT(losses[i], losses[i - 1] + 1e-6);
+}
+
+// Issue 8, defect 2: the metadata of a 48 KB file asked for d_model 4,000,000
+// or n_layer 1e8 and the model was built (minutes, gigabytes) before a shape
+// was checked; vocab_size 2^62 overflowed an element count. Now the metadata is
+// checked against the tensors in the file before anything is allocated.
+BOOST_AUTO_TEST_CASE(metadata_is_checked_against_the_tensors_before_building) {
+  TempDir dir;
+  const TinyGPTConfig c = small_config();
+  TinyGPT model(c);
+  const NamedTensors sd = model.state_dict();
+  auto with = [&](const std::string& key, const std::string& value) {
+    Metadata m = c.to_metadata();
+    m[key] = value;
+    const std::string path = dir.file(key + ".safetensors");
+    save_safetensors(path, sd, m);
+    return path;
+  };
+  const std::string d = with("d_model", "4000000");
+  check_throws<IOError>([&] { TinyGPT::load(d); },
+                        {d, "d_model 4000000", "tok_emb.weight is [40, 16] in the file, [40, 4000000] by the metadata"});
+  const std::string l = with("n_layer", "100000000");
+  check_throws<IOError>([&] { TinyGPT::load(l); }, {l, "n_layer 100000000 needs", "the file holds 37"});
+  const std::string v = with("vocab_size", "4611686018427387904");
+  check_throws<IOError>([&] { TinyGPT::load(v); }, {v, "tok_emb.weight is [40, 16] in the file"});
+  const std::string b = with("block_size", "9000000000");
+  check_throws<IOError>([&] { TinyGPT::load(b); }, {b, "pos_emb.weight is [12, 16] in the file, [9000000000, 16]"});
+  const std::string f = with("d_ff", "9223372036854775807");
+  check_throws<IOError>([&] { TinyGPT::load(f); }, {f, "blocks.0.mlp.fc_in.weight is [32, 16] in the file"});
+  const std::string h = with("n_head", "3");
+  check_throws<IOError>([&] { TinyGPT::load(h); }, {h, "not a multiple of n_head 3"});
+  const std::string big = with("d_model", "99999999999999999999");
+  check_throws<IOError>([&] { TinyGPT::load(big); }, {big, "is not an integer"});
+}
+
+// parameter_shapes() is what the check above trusts: it must be the real model's.
+BOOST_AUTO_TEST_CASE(parameter_shapes_equal_the_state_dict) {
+  for (int64_t layers : {1, 3}) {
+    TinyGPTConfig c = small_config();
+    c.n_layer = layers;
+    c.d_ff = 24;
+    TinyGPT model(c);
+    const NamedTensors sd = model.state_dict();
+    const auto shapes = c.parameter_shapes();
+    BOOST_REQUIRE_EQUAL(shapes.size(), sd.size());
+    for (size_t i = 0; i < sd.size(); ++i) {
+      BOOST_TEST(shapes[i].first == sd[i].first);
+      BOOST_TEST(shape_str(shapes[i].second) == shape_str(sd[i].second.shape()));
+    }
+  }
+}
+
+// Issue 8, defect 5: NaN / Inf weights were loaded and only gave `loss nan`.
+BOOST_AUTO_TEST_CASE(non_finite_weights_are_refused_on_load) {
+  TempDir dir;
+  const TinyGPTConfig c = small_config();
+  TinyGPT model(c);
+  for (double bad : {std::nan(""), HUGE_VAL, -HUGE_VAL}) {
+    NamedTensors sd = model.state_dict();
+    for (auto& [name, t] : sd)
+      if (name == "blocks.1.ln2.bias") {
+        t = t.clone();
+        t.data<float>()[5] = static_cast<float>(bad);
+      }
+    const std::string path = dir.file("bad.safetensors");
+    save_safetensors(path, sd, c.to_metadata());
+    const std::string what = std::isnan(bad) ? "NaN" : bad > 0 ? "+Inf" : "-Inf";
+    check_throws<IOError>([&] { TinyGPT::load(path); }, {path, "'blocks.1.ln2.bias'", what, "flat index 5"});
+    check_throws<IOError>([&] { model.load_weights(path); }, {path, "'blocks.1.ln2.bias'", what});
+  }
 }

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <thread>
 
+#include "test_util.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/nn/progress.hpp"
@@ -215,6 +216,20 @@ BOOST_AUTO_TEST_CASE(train_step_skips_a_non_finite_loss) {
   BOOST_TEST(std::isnan(r.loss));
   BOOST_TEST(model->tok_emb->weight.to_vector() == before);
   BOOST_TEST(opt.step_count(0, 0) == 0);
+  // Issue 8, defect 5: a run stops there (every entry point calls this) instead of
+  // skipping every step and still writing an adapter with exit 0.
+  check_throws<ValueError>([&] { stop_unless_finite(r, 7); }, {"step 7", "the loss is nan", "training stopped"});
+  StepResult bad_grad;
+  bad_grad.loss = 1.5;
+  bad_grad.grad_norm = INFINITY;
+  check_throws<ValueError>([&] { stop_unless_finite(bad_grad, 2); }, {"step 2", "gradient norm is inf"});
+  StepResult good;
+  good.applied = true;
+  stop_unless_finite(good, 1);
+  // And no file that load would refuse is ever written.
+  TempDir tmp;
+  check_throws<IOError>([&] { model->save(tmp.file("m.safetensors")); }, {"TinyGPT.save", "'ln_f.weight'", "NaN"});
+  BOOST_TEST(tmp.listing().empty());
 }
 
 // ---------------------------------------------------------------- sampling

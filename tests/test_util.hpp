@@ -2,7 +2,11 @@
 // Small helpers shared by the Boost.Test files.
 #include <boost/test/unit_test.hpp>
 
+#include <stdlib.h>
+
+#include <algorithm>
 #include <exception>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -20,3 +24,27 @@ void check_throws(F f, const std::vector<std::string>& parts) {
     BOOST_ERROR("wrong exception type, message: " << e.what());
   }
 }
+
+// A fresh private directory (mkdtemp), removed at the end of the test.
+struct TempDir {
+  std::filesystem::path dir;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "loragrad_test_XXXXXX").string();
+    BOOST_REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    dir = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (dir / name).string(); }
+  // Names in the directory, sorted (to prove no temporary was left behind).
+  std::vector<std::string> listing() const {
+    std::vector<std::string> names;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
+};

@@ -7,12 +7,15 @@
 // truncated file gives an IOError, never a crash or a huge allocation.
 #include "loragrad/safetensors.hpp"
 
+#include "loragrad/files.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -192,7 +195,7 @@ class Reader {
   Json parse_json(const std::string& header) const {
     DuplicateKeyFinder finder;
     if (!Json::sax_parse(header, &finder)) fail("invalid JSON header: " + finder.error);
-    if (!finder.duplicate.empty()) fail("duplicate key '" + finder.duplicate + "' in the JSON header");
+    if (!finder.duplicate.empty()) fail("duplicate key '" + printable(finder.duplicate) + "' in the JSON header");
     Json j = Json::parse(header);  // cannot throw: the same text just parsed
     if (!j.is_object()) fail("JSON header is not an object");
     return j;
@@ -211,12 +214,12 @@ class Reader {
       if (name == kMetadataKey) {
         if (!info.is_object()) fail("__metadata__ is not an object");
         for (const auto& [key, value] : info.items()) {
-          if (!value.is_string()) fail("__metadata__ value for '" + key + "' is not a string");
+          if (!value.is_string()) fail("__metadata__ value for '" + printable(key) + "' is not a string");
           metadata[key] = value.get<std::string>();
         }
         continue;
       }
-      const std::string where = " for tensor '" + name + "'";
+      const std::string where = " for tensor '" + printable(name) + "'";
       if (!info.is_object()) fail("entry" + where + " is not an object");
       for (const char* field : {"dtype", "shape", "data_offsets"})
         if (!info.contains(field)) fail(std::string("missing \"") + field + "\"" + where);
@@ -227,7 +230,7 @@ class Reader {
       if (!dtype.is_string()) fail("\"dtype\"" + where + " is not a string");
       e.dtype = dtype.get<std::string>();
       e.itemsize = known_dtype_size(e.dtype);
-      if (e.itemsize == std::numeric_limits<size_t>::max()) fail("unknown dtype '" + e.dtype + "'" + where);
+      if (e.itemsize == std::numeric_limits<size_t>::max()) fail("unknown dtype '" + printable(e.dtype) + "'" + where);
       if (e.dtype != "F32" && e.dtype != "F64" && e.dtype != "BF16" && e.dtype != "F16" && e.dtype != "I64")
         fail("unsupported dtype " + e.dtype + where + " (loragrad reads F32, F64, BF16, F16, I64)");
 
@@ -274,14 +277,14 @@ class Reader {
     uint64_t expected = 0;
     for (const Entry& e : entries) {
       if (e.end > data_size)
-        fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "] of tensor '" + e.name +
+        fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "] of tensor '" + printable(e.name) +
              "' are out of range: the data buffer has " + std::to_string(data_size) + " bytes");
       if (e.begin < expected)
-        fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "] of tensor '" + e.name +
+        fail("data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "] of tensor '" + printable(e.name) +
              "' overlap the previous tensor, which ends at " + std::to_string(expected));
       if (e.begin > expected)
         fail("hole in the data buffer: bytes [" + std::to_string(expected) + ", " + std::to_string(e.begin) +
-             ") belong to no tensor (next tensor '" + e.name + "')");
+             ") belong to no tensor (next tensor '" + printable(e.name) + "')");
       expected = e.end;
     }
     if (expected != data_size)
@@ -363,7 +366,35 @@ bool SafetensorsFile::contains(const std::string& name) const {
   return false;
 }
 
-SafetensorsFile load_safetensors(const std::string& path) { return Reader(path).read(); }
+template <class T>
+static int64_t first_non_finite(const T* p, int64_t n) {
+  int64_t bad = n;
+#pragma omp simd reduction(min : bad)
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) bad = std::min(bad, i);
+  return bad < n ? bad : -1;
+}
+
+void require_finite(const NamedTensors& tensors, const std::string& where) {
+  for (const auto& [name, t] : tensors) {
+    if (!is_floating(t.dtype())) continue;
+    const Tensor& c = t;  // every loragrad tensor is contiguous
+    const int64_t i = c.dtype() == DType::f32 ? first_non_finite(c.data<float>(), c.numel())
+                                              : first_non_finite(c.data<double>(), c.numel());
+    if (i < 0) continue;
+    const double v = c.dtype() == DType::f32 ? c.data<float>()[i] : c.data<double>()[i];
+    throw IOError(where + ": tensor '" + printable(name) + "' " + shape_str(t.shape()) + " holds " +
+                  (std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf") + " at flat index " + std::to_string(i) +
+                  ": refusing non-finite weights");
+  }
+}
+
+void SafetensorsFile::require_finite() const { loragrad::require_finite(tensors, "'" + path + "'"); }
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  refuse_temporary_path(path, "load_safetensors");
+  return Reader(path).read();
+}
 
 void save_safetensors(const std::string& path, const NamedTensors& tensors, const Metadata& metadata) {
   auto fail = [&](const std::string& problem) { throw_save_error(path, problem); };
@@ -398,7 +429,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
   unsigned char len_bytes[8];
   for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  remove_stale_temporaries(path);
+  const std::string tmp = temporary_path(path);
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) fail("cannot create '" + tmp + "': " + std::strerror(errno));
   auto abandon = [&](const std::string& what) {
@@ -417,11 +449,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
   if (::rename(tmp.c_str(), path.c_str()) != 0) abandon("cannot rename '" + tmp + "' over it");
 
   // Make the rename itself durable. Best effort: the file is complete either way.
-  int dir = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
+  sync_directory(parent_dir(path));
 }
 
 }  // namespace loragrad

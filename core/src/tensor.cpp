@@ -44,11 +44,13 @@ std::string shape_str(const Shape& s) {
 }
 
 int64_t shape_numel(const Shape& s) {
+  // Shapes can come from files: the product is checked, not left to overflow.
   int64_t n = 1;
-  for (int64_t d : s) {
+  for (int64_t d : s)
     if (d < 0) throw ShapeError("shape " + shape_str(s) + " has a negative dimension");
-    n *= d;
-  }
+  for (int64_t d : s)
+    if (__builtin_mul_overflow(n, d, &n))
+      throw ShapeError("shape " + shape_str(s) + " has more than 2^63 elements");
   return n;
 }
 
@@ -351,16 +353,27 @@ std::ostream& operator<<(std::ostream& os, DType dt) { return os << dtype_name(d
 
 // ---- factories ----
 
+// The storage for a new tensor; the byte count is overflow-checked and a
+// failed allocation names the tensor it was for.
+static std::shared_ptr<Storage> new_storage(const Shape& shape, DType dt, bool zero) {
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<size_t>(shape_numel(shape)), dtype_size(dt), &bytes))
+    throw ShapeError("a " + std::string(dtype_name(dt)) + " tensor of shape " + shape_str(shape) +
+                     " needs more than 2^64 bytes");
+  try {
+    return std::make_shared<Storage>(bytes, zero);
+  } catch (const Error&) {
+    throw Error("out of memory allocating " + std::to_string(bytes) + " bytes for a " + dtype_name(dt) +
+                " tensor of shape " + shape_str(shape));
+  }
+}
+
 Tensor empty(const Shape& shape, DType dt) {
-  int64_t n = shape_numel(shape);
-  auto st = std::make_shared<Storage>(static_cast<size_t>(n) * dtype_size(dt));
-  return Tensor(std::make_shared<TensorImpl>(std::move(st), shape, dt));
+  return Tensor(std::make_shared<TensorImpl>(new_storage(shape, dt, /*zero=*/true), shape, dt));
 }
 Tensor zeros(const Shape& shape, DType dt) { return empty(shape, dt); }
 Tensor uninitialized(const Shape& shape, DType dt) {
-  int64_t n = shape_numel(shape);
-  auto st = std::make_shared<Storage>(static_cast<size_t>(n) * dtype_size(dt), /*zero=*/false);
-  return Tensor(std::make_shared<TensorImpl>(std::move(st), shape, dt));
+  return Tensor(std::make_shared<TensorImpl>(new_storage(shape, dt, /*zero=*/false), shape, dt));
 }
 Tensor ones(const Shape& shape, DType dt) { return full(shape, 1.0, dt); }
 Tensor full(const Shape& shape, double value, DType dt) {

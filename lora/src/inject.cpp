@@ -7,10 +7,10 @@
 #include <cstdio>
 #include <map>
 #include <ostream>
-#include <regex>
 #include <set>
 
 #include "loragrad/lora/nf4.hpp"
+#include "loragrad/lora/path_regex.hpp"
 #include "loragrad/nn/layers.hpp"
 
 namespace loragrad::lora {
@@ -32,19 +32,15 @@ static bool matches_name_list(const std::vector<std::string>& names, const std::
   return false;
 }
 
-// ECMAScript syntax; for the patterns people write for module paths
-// ("q_proj|v_proj", ".*\.attn\..*", "blocks\.[01]\..*") it agrees with Python's re.
-static std::regex compile(const std::string& pattern, const std::string& field) {
-  try {
-    return std::regex(pattern);
-  } catch (const std::regex_error& e) {
-    throw ValueError("LoraConfig: " + field + " regex '" + pattern + "' does not compile: " + e.what());
-  }
+// Patterns come from files: PathRegex bounds their size and nesting and
+// matches in linear time (see path_regex.hpp).
+static PathRegex compile(const std::string& pattern, const std::string& field) {
+  return PathRegex(pattern, "LoraConfig: " + field);
 }
 
 // PEFT's get_pattern_key: re.match(rf"(.*\.)?({key})$", path).
 static bool pattern_key_matches(const std::string& key, const std::string& path, const std::string& field) {
-  return std::regex_match(path, compile("(.*\\.)?(" + key + ")", field));
+  return compile("(.*\\.)?(" + key + ")$", field).match(path);
 }
 
 // ============================ LoraConfig ============================
@@ -83,13 +79,13 @@ void LoraConfig::validate() const {
 
 bool LoraConfig::is_target(const std::string& path) const {
   if (path.empty()) return false;
-  if (target_regex) return std::regex_match(path, compile(target_modules[0], "target_modules"));
+  if (target_regex) return compile(target_modules[0], "target_modules").full_match(path);
   return matches_name_list(target_modules, path);
 }
 
 bool LoraConfig::is_excluded(const std::string& path) const {
   if (exclude_modules.empty() || path.empty()) return false;
-  if (exclude_regex) return std::regex_match(path, compile(exclude_modules[0], "exclude_modules"));
+  if (exclude_regex) return compile(exclude_modules[0], "exclude_modules").full_match(path);
   return matches_name_list(exclude_modules, path);
 }
 

@@ -120,6 +120,20 @@ Tensor LoraLinear::base_bias() const {
   throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
 }
 
+// The base's own weight and bias handles, live: differentiable when the base is
+// trainable (PEFT's forward uses base_layer.weight / base_layer.bias themselves).
+// An NF4 base has no weight parameter: its dequantised weight is a constant.
+Tensor LoraLinear::live_base_weight() const {
+  if (auto lin = as_dense_linear(base_layer)) return lin->weight;
+  return base_weight();
+}
+
+Tensor LoraLinear::live_base_bias() const {
+  if (auto lin = as_dense_linear(base_layer)) return lin->bias;
+  if (auto q = as_nf4(base_layer)) return q->bias;
+  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+}
+
 void LoraLinear::set_base_weight(const Tensor& w) {
   const Shape want{out_features, in_features};
   if (w.shape() != want)
@@ -370,16 +384,19 @@ Tensor LoraLinear::forward(const Tensor& x) {
   const Tensor lora = linear(linear(xd, A), B);   // (..., out) = B (A x_d); B A is never formed
   if (!ad.opts.use_dora) return add(y, lora * s);
 
-  // DoRA. n is recomputed from the current A, B each call but detached, so no
-  // gradient reaches A or B through it (PEFT: weight_norm.detach()).
+  // DoRA. n is recomputed from the current W0, A, B each call but detached, so
+  // no gradient reaches W0, A or B through it (PEFT: weight_norm.detach()).
+  // Everything else uses the LIVE base weight and bias, as PEFT does, so a
+  // trainable base gets PEFT's gradients: with base(x) - b the bias cancels
+  // (db = g, not (m/n) g), and under dropout W0 x_d carries dW0.
   const Tensor& m = lora_magnitude_vector->get<DoraMagnitude>(active_)->weight;  // (out)
   const Tensor mn = div(m, dora_row_norm(active_));                               // (out), m / n
   Tensor base_result;                                                             // (..., out) = W0 x_d
   if (!dropping) {
-    const Tensor b = base_bias();
+    const Tensor b = live_base_bias();
     base_result = b.defined() ? sub(y, b) : y;  // reuse base(x): W0 x = base(x) - b
   } else {
-    base_result = linear(xd, as_dtype(base_weight(), xd.dtype()));
+    base_result = linear(xd, as_dtype(live_base_weight(), xd.dtype()));
   }
   const Tensor dora = (mn - 1.0) * base_result + (mn * lora) * s;  // PEFT's order of operations
   return add(y, dora);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loragrad/autograd.hpp"
+#include "loragrad/files.hpp"
 #include "loragrad/lora/nf4.hpp"
 
 namespace loragrad::lora {
@@ -92,13 +93,44 @@ std::string adapter_config_json(const LoraConfig& cfg, const std::string& base_m
 
 namespace {
 
+// Finds which key a JSON error belongs to: nlohmann's own messages name only
+// a byte position ("number overflow parsing '1e400'"), so a SAX pass keeps
+// the path of keys down to where the parser stopped.
+struct KeyTracker : nlohmann::json_sax<json> {
+  std::vector<std::string> path;  // one entry per open object: its current key
+  std::string error;
+
+  std::string where() const {
+    std::string w;
+    for (const auto& k : path)
+      if (!k.empty()) w += (w.empty() ? "" : ".") + k;
+    return w;
+  }
+  bool start_object(std::size_t) override { path.emplace_back(); return true; }
+  bool end_object() override { path.pop_back(); return true; }
+  bool key(string_t& k) override { path.back() = k; return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    error = e.what();
+    return false;
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+};
+
 // Reads one key of a parsed config, with errors that name the file and key.
 class ConfigReader {
  public:
   ConfigReader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
 
   [[noreturn]] void fail(const std::string& key, const std::string& what) const {
-    throw IOError("adapter config " + source_ + ": key '" + key + "': " + what);
+    throw IOError("adapter config " + source_ + ": key '" + printable(key) + "': " + printable(what));
   }
   [[noreturn]] void wrong(const std::string& key, const std::string& expected) const {
     fail(key, "expected " + expected + ", got " + j_.at(key).dump());
@@ -168,8 +200,12 @@ LoraConfig parse_adapter_config(const std::string& json_text, const std::string&
   json j;
   try {
     j = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw IOError("adapter config " + source + ": invalid JSON: " + e.what());
+  } catch (const json::exception&) {
+    KeyTracker tracker;
+    json::sax_parse(json_text, &tracker);
+    const std::string key = tracker.where();
+    throw IOError("adapter config " + source + ": invalid JSON" + (key.empty() ? "" : " at key '" + printable(key) + "'") +
+                  ": " + printable(tracker.error));
   }
   if (!j.is_object()) throw IOError("adapter config " + source + ": expected a JSON object, got " + j.type_name());
   const ConfigReader c(j, source);
@@ -245,6 +281,9 @@ LoraConfig parse_adapter_config(const std::string& json_text, const std::string&
 }
 
 static std::string read_text(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw IOError(path + " is a directory, not a file");
+  if (!fs::exists(path, ec)) throw IOError(path + ": no such file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IOError("cannot open " + path + " for reading");
   std::stringstream ss;
@@ -256,12 +295,7 @@ static std::string read_text(const std::string& path) {
 LoraConfig read_adapter_config(const std::string& path) { return parse_adapter_config(read_text(path), path); }
 
 void write_adapter_config(const std::string& path, const LoraConfig& cfg, const std::string& base_model_class) {
-  const std::string text = adapter_config_json(cfg, base_model_class);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw IOError("cannot open " + path + " for writing");
-  out << text;
-  out.flush();
-  if (!out) throw IOError("error writing " + path);
+  write_file_atomically(path, adapter_config_json(cfg, base_model_class), "write_adapter_config");
 }
 
 // ============================ the config of a model's adapter ============================
@@ -410,23 +444,19 @@ void save_adapter(const nn::Module& model, const std::string& dir, const std::st
     NoGradGuard no_grad;
     for (auto& [name, t] : tensors) t = t.to(DType::f32);
   }
-  const std::string pid = std::to_string(::getpid());
-  const fs::path tmp = final_dir.string() + ".tmp." + pid;
+  require_finite(tensors, where);  // a directory that load_adapter would refuse is never written
+  // The whole directory is built under a temporary name, then swapped in:
+  // at every instant `dir` holds the complete old or the complete new adapter.
+  const fs::path tmp = temporary_path(final_dir.string());
   try {
     if (final_dir.has_parent_path()) fs::create_directories(final_dir.parent_path());
+    remove_stale_temporaries(final_dir.string());
     fs::remove_all(tmp);
     fs::create_directory(tmp);
     write_adapter_config((tmp / kConfigFile).string(), cfg, model.type_name());
     save_safetensors((tmp / kWeightsFile).string(), tensors, {{"format", "pt"}});
-    if (fs::exists(final_dir)) {
-      const fs::path old = final_dir.string() + ".old." + pid;
-      fs::remove_all(old);
-      fs::rename(final_dir, old);
-      fs::rename(tmp, final_dir);
-      fs::remove_all(old);
-    } else {
-      fs::rename(tmp, final_dir);
-    }
+    sync_directory(tmp.string());
+    replace_directory(tmp.string(), final_dir.string(), where);
   } catch (const fs::filesystem_error& e) {
     std::error_code ignored;
     fs::remove_all(tmp, ignored);
@@ -441,9 +471,11 @@ void save_adapter(const nn::Module& model, const std::string& dir, const std::st
 LoraReport load_adapter(nn::Module& model, const std::string& dir, const std::string& adapter, bool is_trainable) {
   const std::string config_path = (fs::path(dir) / kConfigFile).string();
   const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
+  refuse_temporary_path(dir, "load_adapter");
   if (!fs::is_directory(dir)) throw IOError("load_adapter: " + dir + " is not a directory");
   const LoraConfig cfg = read_adapter_config(config_path);
   const SafetensorsFile file = load_safetensors(weights_path);
+  file.require_finite();
 
   // What the file must hold for this config on this model: name -> shape.
   LoraPlan plan;

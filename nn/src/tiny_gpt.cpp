@@ -69,7 +69,7 @@ static int64_t parse_field(const Metadata& meta, const std::string& key, const s
     used = 0;
   }
   if (s.empty() || used != s.size())
-    throw IOError(source + ": metadata " + key + " = '" + s + "' is not an integer");
+    throw IOError(source + ": metadata " + key + " = '" + printable(s) + "' is not an integer");
   return v;
 }
 
@@ -87,6 +87,28 @@ TinyGPTConfig TinyGPTConfig::from_metadata(const Metadata& meta, const std::stri
     throw IOError(source + ": bad hyper-parameters in __metadata__: " + e.what());
   }
   return c;
+}
+
+std::vector<std::pair<std::string, Shape>> TinyGPTConfig::parameter_shapes() const {
+  const int64_t V = vocab_size, T = block_size, d = d_model, f = ffn_width();
+  std::vector<std::pair<std::string, Shape>> out = {{"tok_emb.weight", {V, d}}, {"pos_emb.weight", {T, d}}};
+  for (int64_t i = 0; i < n_layer; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    const std::vector<std::pair<std::string, Shape>> block = {
+        {"ln1.weight", {d}},         {"ln1.bias", {d}},
+        {"attn.q_proj.weight", {d, d}}, {"attn.q_proj.bias", {d}},
+        {"attn.k_proj.weight", {d, d}}, {"attn.k_proj.bias", {d}},
+        {"attn.v_proj.weight", {d, d}}, {"attn.v_proj.bias", {d}},
+        {"attn.o_proj.weight", {d, d}}, {"attn.o_proj.bias", {d}},
+        {"ln2.weight", {d}},         {"ln2.bias", {d}},
+        {"mlp.fc_in.weight", {f, d}},   {"mlp.fc_in.bias", {f}},
+        {"mlp.fc_out.weight", {d, f}},  {"mlp.fc_out.bias", {d}}};
+    for (const auto& [name, shape] : block) out.push_back({b + name, shape});
+  }
+  out.push_back({"ln_f.weight", {d}});
+  out.push_back({"ln_f.bias", {d}});
+  out.push_back({"lm_head.weight", {V, d}});
+  return out;
 }
 
 // ============================ construction ============================

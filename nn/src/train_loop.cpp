@@ -64,6 +64,15 @@ StepResult train_step(TinyGPT& model, Optimizer& optimizer, const Batch& batch, 
   return r;
 }
 
+void stop_unless_finite(const StepResult& r, int64_t step) {
+  if (r.applied) return;
+  const std::string what = !std::isfinite(r.loss) ? "the loss is " + std::to_string(r.loss)
+                                                  : "the gradient norm is " + std::to_string(r.grad_norm);
+  throw ValueError("step " + std::to_string(step) + ": " + what +
+                   ": training stopped, nothing written (a learning rate too high, or NaN/Inf or huge values "
+                   "in the weights or the adapter's scale)");
+}
+
 std::string sample_text(TinyGPT& model, const std::string& prompt, int64_t max_new_bytes, double temperature,
                         int64_t top_k, uint64_t seed) {
   std::vector<int64_t> ids;

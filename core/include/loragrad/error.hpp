@@ -16,4 +16,9 @@ struct ValueError : Error { using Error::Error; };     // a bad value (NaN targe
 struct AutogradError : Error { using Error::Error; };  // misuse of backward / graph
 struct IOError : Error { using Error::Error; };        // files
 
+// Text from a file, made safe to put in a message: valid UTF-8 and printable
+// ASCII stay as they are; control bytes and invalid UTF-8 become \xHH, so a
+// hostile file cannot write escape sequences to the user's terminal.
+std::string printable(const std::string& bytes);
+
 }  // namespace loragrad

@@ -19,6 +19,9 @@ struct SafetensorsFile {
   // The tensor called name; throws IOError naming the file and the tensor if absent.
   const Tensor& at(const std::string& name) const;
   bool contains(const std::string& name) const;
+  // Throws IOError naming the file, the tensor and the element if any float
+  // tensor holds NaN or +-Inf: weights that would only give `loss nan` later.
+  void require_finite() const;
   std::string path;
 };
 
@@ -26,6 +29,10 @@ struct SafetensorsFile {
 // Any other dtype, and every malformed case the spec lists, is refused with an
 // IOError that names the file and the problem.
 SafetensorsFile load_safetensors(const std::string& path);
+
+// Throws IOError "<where>: tensor '<name>' <shape> holds NaN at flat index i:
+// refusing non-finite weights" for the first non-finite float element.
+void require_finite(const NamedTensors& tensors, const std::string& where);
 
 // Writes float32 / float64 / int64 tensors (names must be unique) and metadata.
 // Atomic: writes "<path>.tmp.<pid>", fsyncs, then renames over path.

@@ -18,6 +18,8 @@
 //   DoRA: n = ||W0 + s B A||_row, a constant in backward (detached, DoRA paper 4.3)
 //         y = base(x) + (m/n - 1) * (W0 x_d) + (m/n) * s * B (A x_d)
 //         which without dropout is (m/n) * ((W0 + s B A) x) + b.
+//   Only n is detached: base(x), b and W0 x_d use the base's own (live) weight
+//   and bias, so a base made trainable gets exactly PEFT's gradients.
 //
 // The base is an nn::Linear or a lora::NF4Linear; this class touches it only
 // through forward() and one helper that yields its dense weight (base_weight()).
@@ -152,6 +154,11 @@ class LoraLinear : public nn::Module {
   };
   const Adapter& adapter(const std::string& name, const char* op) const;
   Tensor dora_row_norm(const std::string& name) const;  // ||W0 + s B A||_row (out), no graph
+  // For forward: the base's weight and bias handles themselves, NOT detached,
+  // so gradient reaches them when the base is trainable, as in PEFT (NF4: the
+  // dequantised weight, a constant; bias undefined when the base has none).
+  Tensor live_base_weight() const;
+  Tensor live_base_bias() const;
   void set_trainable(const std::string& active);
 
   std::vector<std::pair<std::string, Adapter>> adapters_;  // insertion order

@@ -36,6 +36,11 @@ struct TinyGPTConfig {
   Metadata to_metadata() const;
   // From a checkpoint's metadata; `source` (the file) is named in errors.
   static TinyGPTConfig from_metadata(const Metadata& meta, const std::string& source);
+  // Every parameter's name and shape, in state_dict order, without building
+  // the model: a checkpoint is checked against this before anything is
+  // allocated (its metadata could ask for terabytes). A test keeps it equal
+  // to the constructed model's state_dict.
+  std::vector<std::pair<std::string, Shape>> parameter_shapes() const;
 };
 
 class TinyGPT : public Module {

@@ -45,6 +45,11 @@ struct StepResult {
 // adapter, the frozen base has no gradients to clip.
 StepResult train_step(TinyGPT& model, Optimizer& optimizer, const Batch& batch, double max_grad_norm);
 
+// Training runs stop at the first skipped step rather than write a model that
+// learned nothing: throws ValueError "step N: the loss is nan ..." (with the
+// usual causes) when !r.applied. `step` counts from 1.
+void stop_unless_finite(const StepResult& r, int64_t step);
+
 // The prompt's bytes followed by max_new_bytes sampled ones, as text
 // (TinyGPT::generate in eval mode; the mode is restored). A byte model may
 // emit any byte value: the caller decides how to print it.
