@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "update_loop.hpp"
 
@@ -10,12 +11,31 @@ namespace loragrad {
 
 namespace {
 
-// sum(g^2) in double; per-thread partial sums are combined by the caller.
+// sum(g^2) in double over [begin, end).
 template <class T>
 double sum_squares(const T* g, int64_t begin, int64_t end) {
   double s = 0.0;
 #pragma omp simd reduction(+ : s)
   for (int64_t i = begin; i < end; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+  return s;
+}
+
+// sum(g^2) of one tensor: fixed chunks of kChunk elements, each summed on its
+// own, then the chunk sums added in order. The grouping depends on n alone,
+// never on the thread count (an OpenMP `reduction` groups by thread and
+// combines in any order), so the norm has the same bits with any number of
+// threads; small tensors (one thread) group the same way.
+template <class T>
+double tensor_sum_squares(const T* g, int64_t n) {
+  constexpr int64_t kChunk = 1 << 14;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  if (chunks <= 1) return sum_squares(g, 0, n);
+  std::vector<double> partial(static_cast<size_t>(chunks));  // (chunks)
+  parallel_for(chunks, n >= kParallelElements ? n : 0, [&](int64_t c) {
+    partial[c] = sum_squares(g, c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+  double s = 0.0;
+  for (double p : partial) s += p;
   return s;
 }
 
@@ -29,14 +49,7 @@ double grad_norm(const std::vector<Tensor>& params) {
     if (!g.defined()) continue;
     dispatch_float(g.dtype(), "grad_norm", [&](auto tag) {
       using T = decltype(tag);
-      const T* data = g.data<T>();
-      const int64_t n = g.numel();
-      if (n >= kParallelElements && !omp_in_parallel()) {
-#pragma omp parallel for reduction(+ : total) schedule(static)
-        for (int64_t c = 0; c < n; c += (1 << 14)) total += sum_squares(data, c, std::min<int64_t>(n, c + (1 << 14)));
-      } else {
-        total += sum_squares(data, 0, n);
-      }
+      total += tensor_sum_squares(g.data<T>(), g.numel());
     });
   }
   return std::sqrt(total);

@@ -3,6 +3,7 @@
 // Forward saves mean and rstd per row (N,) so backward need not redo the
 // statistics. Variance is two-pass (mean first, then squared deviations):
 // one-pass E[x^2] - E[x]^2 cancels catastrophically in float32 when |mean| >> std.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -79,6 +80,16 @@ void layer_norm_backward_row(const T* x, const T* g, const T* w, T mean, T rstd,
   }
 }
 
+// How many row blocks the backward's dw / db partial sums use: a function of
+// N only, so their summation order does not depend on the thread count. At
+// least kLnMinRows rows a block (a partial costs 2C adds to combine), at most
+// kLnMaxBlocks blocks (enough to share out over that many threads).
+constexpr int64_t kLnMinRows = 16;
+constexpr int64_t kLnMaxBlocks = 64;
+int64_t ln_partial_blocks(int64_t N) {
+  return std::max<int64_t>(1, std::min(kLnMaxBlocks, N / kLnMinRows));
+}
+
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
@@ -130,28 +141,37 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                       layer_norm_backward_row(px + n * C, pg + n * C, pw, pmean[n], prstd[n], C,
                                               pdx ? pdx + n * C : nullptr, dw_acc, db_acc);
                     };
-                    if (!use_threads(N * C) || N < 2) {
+                    if (!pdw && !pdb) {  // dx only: rows are independent
+                      parallel_for(N, N * C, [&](int64_t n) { row(n, nullptr, nullptr); });
+                      return;
+                    }
+                    // dw / db sum over rows. The rows are cut into blocks by N
+                    // alone (never by the thread count), each block sums its rows
+                    // in order into its own partial, and the partials are added
+                    // in block order: the same bits with any number of threads,
+                    // or none.
+                    const int64_t blocks = ln_partial_blocks(N);
+                    if (blocks == 1) {  // the one partial is the result (dw, db start at 0)
                       for (int64_t n = 0; n < N; ++n) row(n, pdw, pdb);
                       return;
                     }
-                    // dw / db: each thread sums its rows into its own slice, reduced after.
-                    std::vector<T> partial;  // (threads, 2, C)
-#pragma omp parallel
-                    {
-#pragma omp single
-                      partial.assign(static_cast<size_t>(omp_get_num_threads()) * 2 * C, T(0));
-                      // (the implicit barrier after single publishes `partial`)
-                      T* mine = partial.data() + static_cast<size_t>(omp_get_thread_num()) * 2 * C;
-#pragma omp for schedule(static)
-                      for (int64_t n = 0; n < N; ++n) row(n, pdw ? mine : nullptr, pdb ? mine + C : nullptr);
-                    }
-                    const int64_t threads = static_cast<int64_t>(partial.size()) / (2 * C);
-                    for (int64_t t = 0; t < threads; ++t) {
-                      const T* part = partial.data() + t * 2 * C;
-                      if (pdw)
+                    std::vector<T> partial(static_cast<size_t>(blocks * 2 * C), T(0));  // (blocks, 2, C): dw, db
+                    parallel_for(blocks, N * C, [&](int64_t b) {
+                      T* part = partial.data() + b * 2 * C;
+                      const int64_t n1 = N * (b + 1) / blocks;
+                      for (int64_t n = N * b / blocks; n < n1; ++n)
+                        row(n, pdw ? part : nullptr, pdb ? part + C : nullptr);
+                    });
+                    for (int64_t b = 0; b < blocks; ++b) {
+                      const T* part = partial.data() + b * 2 * C;
+                      if (pdw) {
+#pragma omp simd
                         for (int64_t j = 0; j < C; ++j) pdw[j] += part[j];
-                      if (pdb)
+                      }
+                      if (pdb) {
+#pragma omp simd
                         for (int64_t j = 0; j < C; ++j) pdb[j] += part[C + j];
+                      }
                     }
                   });
                   return {dx, dw, db};

@@ -64,10 +64,13 @@ Tensor view_as_shape(const Tensor& t, const Shape& shape) {
 template <class T>
 void sum_block(const T* x, T* y, int64_t outer, int64_t red, int64_t inner, double scale) {
   const int64_t work = outer * red * inner;
-  if (inner == 1 && outer == 1 && use_threads(red)) {
+  constexpr int64_t kBlock = 8192;
+  if (inner == 1 && outer == 1 && red > kBlock) {
     // One long row (sum of everything): fixed-size blocks, partial sums added
-    // in order, so the result does not depend on the thread count.
-    constexpr int64_t kBlock = 8192;
+    // in order, so the result does not depend on the thread count. Chosen by
+    // size alone, not by whether threads are used (a small sum, or one inside
+    // a parallel region), so which path runs cannot change the bits either;
+    // up to one block, the row sum below gives the same bits as one block.
     const int64_t nblocks = (red + kBlock - 1) / kBlock;
     std::vector<double> partial(static_cast<size_t>(nblocks));  // (nblocks)
     parallel_for(nblocks, red, [&](int64_t b) {
@@ -96,7 +99,9 @@ void sum_block(const T* x, T* y, int64_t outer, int64_t red, int64_t inner, doub
   // Column blocks: each task owns up to kMaxCols output columns of one outer
   // slice, so tasks never write the same output and the accumulator stays in
   // L1. With one slice (sum_to's bias pattern, (B*T, C) -> C) the columns are
-  // split evenly over the threads.
+  // split evenly over the threads. The split may follow the thread count
+  // because it only decides who owns a column: every column is still summed
+  // over r in order, alone, so its bits do not depend on the split.
   constexpr int64_t kMaxCols = 512;
   int64_t cols = kMaxCols;
   if (outer == 1 && use_threads(work)) {
