@@ -1,7 +1,6 @@
 #pragma once
 // What several loragrad subcommands share: loading a checkpoint (and an
-// adapter), choosing the training text, refusing to overwrite, and the
-// training loop with its progress output.
+// adapter), refusing to overwrite, formatting.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -9,7 +8,6 @@
 #include "args.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
-#include "loragrad/optim/optimizer.hpp"
 
 namespace loragrad::cli {
 
@@ -33,23 +31,8 @@ std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path);
 // --base CKPT, plus --adapter DIR when given (frozen: for inference).
 std::shared_ptr<nn::TinyGPT> load_model(const Args& a);
 
-// The training text: --data FILE or --domain NAME (exactly one; a domain's
-// text is generated from --seed), split 90/10.
-ByteDataset training_text(const Args& a, const std::string& default_domain, uint64_t seed);
-
 // OpenMP threads from --threads (0 or absent: OpenMP's choice).
 void set_threads(const Args& a);
-
-struct TrainOptions {
-  int64_t steps = 100, batch = 8, seq = 64;
-  uint64_t seed = 0;
-  bool quiet = false;
-  double max_grad_norm = 1.0;
-};
-// AdamW-style loop: cosine schedule with 5% warm-up, clipping, periodic
-// validation loss when the validation split holds a window. Returns the last
-// validation loss (or the last training loss when there is no validation split).
-double train(nn::TinyGPT& model, Optimizer& opt, const ByteDataset& data, const TrainOptions& o);
 
 // Bytes a terminal should not interpret become '?'.
 std::string terminal_safe(const std::string& s);

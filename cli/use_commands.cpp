@@ -15,7 +15,6 @@
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/peft_io.hpp"
-#include "loragrad/nn/train_loop.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/safetensors.hpp"
 

@@ -50,13 +50,14 @@
 #include "loragrad/lora/loraplus.hpp"
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/peft_io.hpp"
-#include "loragrad/nn/progress.hpp"
+#include "loragrad/train/progress.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
-#include "loragrad/nn/train_loop.hpp"
+#include "loragrad/train/step.hpp"
 #include "loragrad/optim/optim.hpp"
 
 using namespace loragrad;
 using namespace loragrad::nn;
+using namespace loragrad::train;
 using demo::fixed;
 using demo::format_bytes;
 namespace fs = std::filesystem;
@@ -353,7 +354,7 @@ std::shared_ptr<TinyGPT> pretrain(const Options& o, const Data& d, const std::st
   Progress progress(o.pretrain_steps, o.batch * o.seq, o.quiet);
   for (int64_t t = 0; t < o.pretrain_steps; ++t) {
     schedule.apply(opt, t);
-    const StepResult r = train_step(*model, opt, d.stories.sample(Split::train, o.batch, o.seq, gen), 1.0);
+    const StepResult r = train_step(*model, opt, {d.stories.sample(Split::train, o.batch, o.seq, gen)}, 1.0);
     stop_unless_finite(r, t + 1);
     progress.update(t + 1, r.loss);
   }
@@ -411,7 +412,7 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
     schedule.apply(*opt, t);
     const Batch batch = d.recipes.sample(Split::train, o.batch, o.seq, gen);
     const auto t0 = std::chrono::steady_clock::now();
-    const StepResult r = train_step(*model, *opt, batch, 1.0);
+    const StepResult r = train_step(*model, *opt, {batch}, 1.0);
     step_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     stop_unless_finite(r, t + 1);
     progress.update(t + 1, r.loss, m.name);

@@ -21,7 +21,7 @@
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
-#include "loragrad/nn/train_loop.hpp"
+#include "loragrad/train/step.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/optim/adamw.hpp"
 #include "loragrad/optim/clip_grad.hpp"
@@ -338,7 +338,7 @@ Results train_and_snapshot(nn::TinyGPT& model, int steps) {
     if (p.requires_grad()) trainable.push_back(p);
   AdamW opt(trainable, 1e-3);
   for (int s = 0; s < steps; ++s) {
-    const nn::StepResult r = nn::train_step(model, opt, random_batch(8, 64, 100 + s), 1.0);
+    const train::StepResult r = train::train_step(model, opt, {random_batch(8, 64, 100 + s)}, 1.0);
     BOOST_REQUIRE(r.applied);
     keep_value(out, "loss step " + std::to_string(s), r.loss);
     keep_value(out, "grad norm step " + std::to_string(s), r.grad_norm);

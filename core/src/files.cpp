@@ -185,4 +185,22 @@ void replace_directory(const std::string& staged, const std::string& dir, const 
   fs::remove_all(old, ignored);
 }
 
+void link_tree(const std::string& src, const std::string& dst) {
+  std::error_code ec;
+  fs::create_directory(dst, ec);
+  if (ec) throw IOError("link_tree: cannot create '" + dst + "': " + ec.message());
+  for (const auto& e : fs::recursive_directory_iterator(src, ec)) {
+    const fs::path to = fs::path(dst) / fs::relative(e.path(), src);
+    std::error_code step;
+    if (e.is_directory()) {
+      fs::create_directory(to, step);
+    } else {
+      fs::create_hard_link(e.path(), to, step);
+      if (step) fs::copy_file(e.path(), to, step);
+    }
+    if (step) throw IOError("link_tree: '" + e.path().string() + "' -> '" + to.string() + "': " + step.message());
+  }
+  if (ec) throw IOError("link_tree: cannot read '" + src + "': " + ec.message());
+}
+
 }  // namespace loragrad

@@ -544,4 +544,31 @@ LoraReport load_adapter(nn::Module& model, const std::string& dir, const std::st
   return rep;
 }
 
+void load_adapter_weights(nn::Module& model, const std::string& dir, const std::string& adapter) {
+  refuse_temporary_path(dir, "load_adapter_weights");
+  const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
+  const SafetensorsFile file = load_safetensors(weights_path);
+  file.require_finite();
+  const NamedTensors mine = adapter_state_dict(model, adapter);  // detached handles on the live tensors
+  std::vector<std::string> problems;
+  for (const auto& [name, t] : mine) {
+    if (!file.contains(name)) problems.push_back("missing " + name);
+    else if (file.at(name).shape() != t.shape())
+      problems.push_back(name + " is " + shape_str(file.at(name).shape()) + ", expected " + shape_str(t.shape()));
+  }
+  if (file.tensors.size() != mine.size() && problems.empty())
+    problems.push_back(std::to_string(file.tensors.size()) + " tensors, expected " + std::to_string(mine.size()));
+  if (!problems.empty()) {
+    std::string msg = "load_adapter_weights: " + weights_path + " does not fit adapter '" + adapter + "':";
+    for (const auto& p : problems) msg += " " + printable(p) + ";";
+    msg.pop_back();
+    throw IOError(msg);
+  }
+  NoGradGuard no_grad;
+  for (const auto& [name, t] : mine) {
+    Tensor dst = t;
+    dst.copy_(file.at(name));
+  }
+}
+
 }  // namespace loragrad::lora

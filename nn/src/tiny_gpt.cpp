@@ -228,4 +228,18 @@ std::vector<int64_t> TinyGPT::generate(const std::vector<int64_t>& prompt, int64
   return seq;
 }
 
+std::string sample_text(TinyGPT& model, const std::string& prompt, int64_t max_new_bytes, double temperature,
+                        int64_t top_k, uint64_t seed) {
+  std::vector<int64_t> ids;
+  ids.reserve(prompt.size());
+  for (unsigned char c : prompt) ids.push_back(c);
+  ModeScope eval_mode(model, false);
+  Generator gen(seed);
+  const std::vector<int64_t> out = model.generate(ids, max_new_bytes, temperature, top_k, gen);
+  std::string text;
+  text.reserve(out.size());
+  for (int64_t id : out) text.push_back(static_cast<char>(static_cast<unsigned char>(id)));
+  return text;
+}
+
 }  // namespace loragrad::nn

@@ -41,6 +41,11 @@ void write_file_atomically(const std::string& path, const std::string& bytes, co
 // is repaired by the next remove_stale_temporaries(dir).
 void replace_directory(const std::string& staged, const std::string& dir, const std::string& op);
 
+// Recreates the tree under src at dst (which must not exist) with hard links
+// to src's files (copies where the file system cannot link): a cheap snapshot
+// to carry into a directory that replace_directory then swaps in.
+void link_tree(const std::string& src, const std::string& dst);
+
 // fsync of a directory (makes renames in it durable). Best effort.
 void sync_directory(const std::string& dir);
 

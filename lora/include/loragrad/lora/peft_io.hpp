@@ -72,4 +72,10 @@ void save_adapter(const nn::Module& model, const std::string& dir, const std::st
 LoraReport load_adapter(nn::Module& model, const std::string& dir, const std::string& adapter = "default",
                         bool is_trainable = true);
 
+// Copies a saved adapter's values into the model's existing adapter `adapter`
+// (same config: what a training checkpoint holds), leaving requires_grad as it
+// is. The file must hold exactly the adapter's tensors with their shapes
+// (IOError naming the file and the tensor otherwise); nothing changes on error.
+void load_adapter_weights(nn::Module& model, const std::string& dir, const std::string& adapter = "default");
+
 }  // namespace loragrad::lora

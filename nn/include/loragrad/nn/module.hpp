@@ -149,4 +149,17 @@ class Module : public std::enable_shared_from_this<Module> {
 
 std::ostream& operator<<(std::ostream& os, const Module& m);
 
+// Sets a module's train/eval mode for a scope and puts the old one back.
+class ModeScope {
+ public:
+  ModeScope(Module& m, bool training) : m_(m), was_training_(m.is_training()) { m_.train(training); }
+  ~ModeScope() { m_.train(was_training_); }
+  ModeScope(const ModeScope&) = delete;
+  ModeScope& operator=(const ModeScope&) = delete;
+
+ private:
+  Module& m_;
+  bool was_training_;
+};
+
 }  // namespace loragrad::nn

@@ -88,4 +88,10 @@ class TinyGPT : public Module {
   std::shared_ptr<Generator> dropout_gen_;
 };
 
+// The prompt's bytes followed by max_new_bytes sampled ones, as text
+// (TinyGPT::generate in eval mode; the mode is restored). A byte model may
+// emit any byte value: the caller decides how to print it.
+std::string sample_text(TinyGPT& model, const std::string& prompt, int64_t max_new_bytes, double temperature,
+                        int64_t top_k, uint64_t seed);
+
 }  // namespace loragrad::nn

@@ -20,7 +20,7 @@
 #include <iosfwd>
 #include <string>
 
-namespace loragrad::nn {
+namespace loragrad::train {
 
 // "42s", "2m48s", "1h05m".
 std::string format_duration(double seconds);
@@ -89,4 +89,4 @@ class Progress {
   size_t last_width_ = 0;  // characters of the live line now on screen
 };
 
-}  // namespace loragrad::nn
+}  // namespace loragrad::train

@@ -10,14 +10,15 @@
 #include "test_util.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
-#include "loragrad/nn/progress.hpp"
+#include "loragrad/train/progress.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
-#include "loragrad/nn/train_loop.hpp"
+#include "loragrad/train/step.hpp"
 #include "loragrad/optim/adamw.hpp"
 #include "loragrad/optim/clip_grad.hpp"
 
 using namespace loragrad;
 using namespace loragrad::nn;
+using namespace loragrad::train;
 
 namespace {
 
@@ -186,22 +187,22 @@ BOOST_AUTO_TEST_CASE(train_step_lowers_the_loss_and_clips) {
   auto model = tiny_model();
   AdamW opt(model->parameters(), 1e-2, 0.0);
   const Batch batch = fixed_batches(stories(), Split::train, 1, 4, 16, 9)[0];
-  const StepResult first = train_step(*model, opt, batch, 1.0);
+  const StepResult first = train_step(*model, opt, {batch}, 1.0);
   BOOST_TEST(first.applied);
   BOOST_TEST(first.grad_norm > 0.0);
   BOOST_TEST(std::fabs(first.loss - std::log(256.0)) < 0.05);
   StepResult last;
-  for (int i = 0; i < 30; ++i) last = train_step(*model, opt, batch, 1.0);
+  for (int i = 0; i < 30; ++i) last = train_step(*model, opt, {batch}, 1.0);
   BOOST_TEST(last.applied);
   BOOST_TEST(last.loss < first.loss - 1.0);
   BOOST_TEST(opt.step_count(0, 0) == 31);
 
   // The reported norm is the one before clipping; the grads left behind are clipped.
-  const StepResult clipped = train_step(*model, opt, batch, 1e-3);
+  const StepResult clipped = train_step(*model, opt, {batch}, 1e-3);
   BOOST_TEST(clipped.grad_norm > 1e-2);
   BOOST_TEST(grad_norm(model->parameters()) == 1e-3, boost::test_tools::tolerance(1e-3));
   // max_grad_norm 0: no clipping.
-  const StepResult unclipped = train_step(*model, opt, batch, 0.0);
+  const StepResult unclipped = train_step(*model, opt, {batch}, 0.0);
   BOOST_TEST(grad_norm(model->parameters()) == unclipped.grad_norm, boost::test_tools::tolerance(1e-9));
 }
 
@@ -211,7 +212,7 @@ BOOST_AUTO_TEST_CASE(train_step_skips_a_non_finite_loss) {
   const Batch batch = fixed_batches(stories(), Split::train, 1, 2, 8, 9)[0];
   model->ln_f->weight.set({0}, std::nan(""));
   const std::vector<double> before = model->tok_emb->weight.to_vector();
-  const StepResult r = train_step(*model, opt, batch, 1.0);
+  const StepResult r = train_step(*model, opt, {batch}, 1.0);
   BOOST_TEST(!r.applied);
   BOOST_TEST(std::isnan(r.loss));
   BOOST_TEST(model->tok_emb->weight.to_vector() == before);

@@ -1,4 +1,4 @@
-#include "loragrad/nn/progress.hpp"
+#include "loragrad/train/progress.hpp"
 
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -11,7 +11,7 @@
 
 #include "loragrad/error.hpp"
 
-namespace loragrad::nn {
+namespace loragrad::train {
 
 namespace {
 
@@ -177,4 +177,4 @@ void Progress::finish() {
   }
 }
 
-}  // namespace loragrad::nn
+}  // namespace loragrad::train

@@ -1,0 +1,51 @@
+#pragma once
+// One optimisation step and one evaluation: the pieces the Trainer
+// (trainer.hpp) repeats. Use them directly to write a loop of your own:
+//
+//   for (int64_t t = 0; t < steps; ++t) {
+//     schedule.apply(opt, t);
+//     StepResult r = train_step(model, opt, {data.sample(Split::train, B, T, gen)}, 1.0);
+//     stop_unless_finite(r, t + 1);
+//   }
+//   double val_loss = evaluate(model, val);
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "loragrad/data/byte_dataset.hpp"
+#include "loragrad/nn/tiny_gpt.hpp"
+#include "loragrad/optim/optimizer.hpp"
+
+namespace loragrad::train {
+
+// n_batches batches drawn once from a generator seeded with `seed`: the same
+// validation set at every evaluation.
+std::vector<Batch> fixed_batches(const ByteDataset& data, Split split, int64_t n_batches, int64_t batch, int64_t seq,
+                                 uint64_t seed);
+
+// Mean loss over the batches, in eval mode (restored afterwards), without a graph.
+double evaluate(nn::TinyGPT& model, const std::vector<Batch>& batches);
+
+struct StepResult {
+  double loss = 0.0;       // mean training loss of the step's micro-batches, before the update
+  double grad_norm = 0.0;  // global L2 norm of the gradients before clipping
+  bool applied = false;    // false: the loss or the gradient was not finite and the step was skipped
+};
+
+// One optimisation step over one or more equal-sized micro-batches (gradient
+// accumulation): zero the gradients; for each micro-batch, forward and
+// backward of loss / K, so the gradients are those of the mean loss over all
+// K micro-batches (a K-times larger batch); clip the optimizer's parameters to
+// max_grad_norm (when > 0); update. A non-finite loss or gradient skips the
+// update (the gradients are zeroed) and returns applied == false. Only the
+// optimizer's parameters are clipped: with an adapter, the frozen base has no
+// gradients to clip.
+StepResult train_step(nn::TinyGPT& model, Optimizer& optimizer, const std::vector<Batch>& micro_batches,
+                      double max_grad_norm);
+
+// Training runs stop at the first skipped step rather than write a model that
+// learned nothing: throws ValueError "step N: the loss is nan ..." (with the
+// usual causes) when !r.applied. `step` counts from 1.
+void stop_unless_finite(const StepResult& r, int64_t step);
+
+}  // namespace loragrad::train
