@@ -248,3 +248,50 @@ BOOST_AUTO_TEST_CASE(sample_text_extends_the_prompt_reproducibly) {
   BOOST_CHECK_EXCEPTION(sample_text(*model, "", 5, 0.8, 40, 1), ValueError,
                         [](const ValueError& e) { return message_contains(e, "generate"); });
 }
+
+// Gradient accumulation: K micro-batches of B sequences give the step of one
+// batch of K*B sequences (same gradients up to round-off, so the same update).
+BOOST_AUTO_TEST_CASE(accumulating_k_micro_batches_equals_a_k_times_larger_batch) {
+  TinyGPTConfig c;
+  c.block_size = 8;
+  c.d_model = 16;
+  c.n_layer = 1;
+  c.n_head = 2;
+  c.seed = 11;
+  c.dtype = DType::f64;
+  auto big = std::make_shared<TinyGPT>(c), accumulated = std::make_shared<TinyGPT>(c);
+  Generator g(5);
+  const int64_t T = 8, B = 2, K = 3;
+  std::vector<int64_t> x, y;
+  for (int64_t i = 0; i < K * B * T; ++i) {
+    x.push_back(g.randint(0, 256));
+    y.push_back(g.randint(0, 256));
+  }
+  std::vector<Batch> micro;
+  for (int64_t k = 0; k < K; ++k) {
+    const auto at = [&](const std::vector<int64_t>& v) {
+      return from_indices(std::vector<int64_t>(v.begin() + k * B * T, v.begin() + (k + 1) * B * T), {B, T});
+    };
+    micro.push_back({at(x), at(y)});
+  }
+  const Batch whole{from_indices(x, {K * B, T}), from_indices(y, {K * B, T})};
+  AdamW opt_big(big->parameters(), 1e-2, 0.1), opt_acc(accumulated->parameters(), 1e-2, 0.1);
+  for (int step = 0; step < 3; ++step) {
+    const StepResult a = train_step(*big, opt_big, {whole}, 0.5);
+    const StepResult b = train_step(*accumulated, opt_acc, micro, 0.5);
+    BOOST_TEST(a.loss == b.loss, boost::test_tools::tolerance(1e-12));
+    BOOST_TEST(a.grad_norm == b.grad_norm, boost::test_tools::tolerance(1e-12));
+  }
+  const NamedTensors pa = big->state_dict(), pb = accumulated->state_dict();
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    const auto va = pa[i].second.to_vector(), vb = pb[i].second.to_vector();
+    for (size_t j = 0; j < va.size(); ++j) worst = std::max(worst, std::fabs(va[j] - vb[j]));
+  }
+  BOOST_TEST(worst < 1e-12);
+  // And K = 1 is the plain step, bit for bit.
+  auto one = std::make_shared<TinyGPT>(c), same = std::make_shared<TinyGPT>(c);
+  AdamW o1(one->parameters(), 1e-2, 0.0), o2(same->parameters(), 1e-2, 0.0);
+  BOOST_TEST(train_step(*one, o1, {whole}, 1.0).loss == train_step(*same, o2, {whole}, 1.0).loss);
+  BOOST_TEST(one->state_dict()[0].second.to_vector() == same->state_dict()[0].second.to_vector());
+}
