@@ -1,12 +1,21 @@
 #include "args.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <limits>
 #include <sstream>
 
 namespace loragrad::cli {
+
+namespace {
+// Metavars of flags whose value is a file or directory name: never empty.
+bool is_path_metavar(const std::string& metavar) {
+  return metavar == "FILE" || metavar == "DIR" || metavar == "CKPT" || metavar == "OUT";
+}
+}  // namespace
 
 Args::Args(std::string command, std::string summary) : command_(std::move(command)), summary_(std::move(summary)) {
   flag("--help", "this text");
@@ -56,6 +65,8 @@ bool Args::parse(int argc, char** argv, int first) {
         throw UsageError(command_ + ": " + name + " expects a value (" + s->metavar + ")");
       value = argv[++i];
     }
+    if (s->takes_value && value.empty() && is_path_metavar(s->metavar))
+      throw UsageError(command_ + ": " + name + " expects a path (" + s->metavar + "), got ''");
     for (auto& [n, v] : values_)
       if (n == name) throw UsageError(command_ + ": " + name + " given twice");
     values_.emplace_back(name, value);
@@ -112,14 +123,11 @@ std::string number_text(double x) {
 
 double Args::real(const std::string& name, double lo, double hi, bool hi_open) const {
   const std::string s = str(name);
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (s.empty() || used != s.size() || !std::isfinite(v))
+  // strtod, not stod: a value that underflows ("1e-400") is a number (rounded
+  // towards 0, then range-checked), not an error.
+  char* end = nullptr;
+  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+  if (s.empty() || std::isspace(static_cast<unsigned char>(s[0])) || end != s.c_str() + s.size() || !std::isfinite(v))
     throw UsageError(command_ + ": " + name + " expects a finite number, got '" + s + "'");
   const bool too_high = hi_open ? v >= hi : v > hi;
   if (v < lo || too_high) {

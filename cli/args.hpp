@@ -9,8 +9,10 @@
 //   int64_t r = a.integer("--r", 1, 4096);    // UsageError unless 1 <= r <= 4096
 //
 // Values come as "--r 8" or "--r=8"; a value may not start with "--" (so
-// "--steps --quiet" is a missing value). Every mistake is a UsageError whose
-// message is one line; the caller prints it and exits with status 2.
+// "--steps --quiet" is a missing value). A flag whose metavar names a path
+// (FILE, DIR, CKPT, OUT) may not be given an empty value. Every mistake is a
+// UsageError whose message is one line; the caller prints it and exits with
+// status 2.
 #include <cstdint>
 #include <stdexcept>
 #include <string>

@@ -59,12 +59,24 @@ std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path) {
   return model;
 }
 
+// An adapter records its base's fingerprint; on another base it may still
+// load (shapes can fit) but its numbers mean something else: say so on stderr.
+void warn_if_trained_on_another_base(const std::string& ours, const std::string& base_path, const std::string& dir) {
+  const lora::LoraConfig cfg = lora::read_adapter_config((fs::path(dir) / "adapter_config.json").string());
+  if (cfg.base_fingerprint.empty() || cfg.base_fingerprint == ours) return;
+  std::cerr << "loragrad: warning: adapter " << dir << " was trained on base "
+            << (cfg.base_model_name_or_path.empty() ? "?" : printable(cfg.base_model_name_or_path)) << " ("
+            << cfg.base_fingerprint << "), not on " << base_path << " (" << ours << ")\n";
+}
+
 std::shared_ptr<nn::TinyGPT> load_model(const Args& a) {
   auto model = load_checkpoint(a.str("--base"));
   if (a.given("--adapter")) {
     const std::string dir = a.str("--adapter");
     check_dir(dir, "--adapter");
+    const std::string base_fingerprint = nn::fingerprint(model->state_dict());
     lora::load_adapter(*model, dir, "default", /*is_trainable=*/false);
+    warn_if_trained_on_another_base(base_fingerprint, a.str("--base"), dir);
     model->eval();
   }
   return model;

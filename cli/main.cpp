@@ -5,11 +5,14 @@
 //   loragrad finetune --base base.safetensors --data my.txt --method lora --out my_adapter
 //   loragrad generate --base base.safetensors --adapter my_adapter --prompt "Once"
 //
+//   loragrad --version
+//
 // Exit status: 0 done, 1 a runtime error (a file that cannot be read, an
 // output that exists), 2 a command-line mistake. Every error is one line on
 // stderr starting with "loragrad: ".
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
@@ -20,9 +23,20 @@
 #include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"
 
+// LORAGRAD_VERSION comes from the top-level CMakeLists' project(VERSION):
+// the one place it is written.
+
 using namespace loragrad::cli;
 
 namespace {
+
+// loragrad version (also loragrad --version): "loragrad X.Y.Z".
+int run_version(int argc, char** argv) {
+  Args a("version", "Print the version: \"loragrad X.Y.Z\" (also: loragrad --version).");
+  if (!a.parse(argc, argv)) return 0;
+  std::cout << "loragrad " << LORAGRAD_VERSION << "\n";
+  return 0;
+}
 
 struct Command {
   const char* name;
@@ -34,19 +48,28 @@ const Command kCommands[] = {
     {"pretrain", run_pretrain, "train a TinyGPT from scratch and write a checkpoint"},
     {"finetune", run_finetune, "adapt a checkpoint to a text (full, lora, loraplus, dora, qlora)"},
     {"generate", run_generate, "sample text from a checkpoint, optionally with an adapter"},
-    {"info", run_info, "parameter and memory table of a checkpoint and adapter"},
+    {"info", run_info, "parameter and memory table of a checkpoint and adapter (--json: as JSON)"},
     {"eval", run_eval, "mean loss on a text file (nats/byte), or dump logits"},
     {"merge", run_merge, "merge an adapter into its base: a standalone checkpoint"},
     {"gradcheck", run_gradcheck, "float64 gradient check of LoRA on a TinyGPT and some ops"},
+    {"version", run_version, "print the version (also: loragrad --version)"},
 };
 
 void print_usage(std::ostream& os) {
-  os << "usage: loragrad COMMAND [flags]   (loragrad COMMAND --help for its flags)\n\ncommands:\n";
+  os << "usage: loragrad COMMAND [flags]   (loragrad COMMAND --help for its flags)\n"
+     << "       loragrad --version\n\ncommands:\n";
   for (const Command& c : kCommands) {
     std::string name = c.name;
     name.resize(12, ' ');
     os << "  " << name << c.summary << "\n";
   }
+}
+
+// "pretrain, finetune, ..., version"
+std::string command_names() {
+  std::string out;
+  for (const Command& c : kCommands) out += (out.empty() ? "" : ", ") + std::string(c.name);
+  return out;
 }
 
 // One line: newlines inside a message become "; ", other control bytes \xHH.
@@ -60,26 +83,44 @@ std::string one_line(std::string s) {
   return loragrad::printable(out);  // file text inside a message: no raw control bytes or invalid UTF-8
 }
 
+// A command's output must have reached stdout (a full disk, a closed pipe):
+// otherwise the run failed, whatever the command returned.
+int finish(const std::string& cmd, int status) {
+  std::cout.flush();
+  if (std::cout) return status;
+  const int err = errno;
+  std::cerr << "loragrad: " << cmd << ": cannot write to standard output" << (err ? ": " : "")
+            << (err ? std::strerror(err) : "") << "\n";
+  return status == 0 ? 1 : status;
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   if (argc < 2) {
-    print_usage(std::cerr);
+    std::cerr << "loragrad: give a command (" << command_names() << "; see loragrad --help)\n";
     return 2;
   }
-  const std::string cmd = argv[1];
+  std::string cmd = argv[1];
   if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    if (argc > 2) {
+      std::cerr << "loragrad: unexpected argument '" << one_line(argv[2]) << "' after " << cmd
+                << " (see loragrad COMMAND --help)\n";
+      return 2;
+    }
     print_usage(std::cout);
-    return 0;
+    return finish(cmd, 0);
   }
+  if (cmd == "--version") cmd = "version";
   for (const Command& c : kCommands) {
     if (cmd != c.name) continue;
     try {
-      return c.run(argc, argv);
+      return finish(cmd, c.run(argc, argv));
     } catch (const UsageError& e) {
-      std::cerr << "loragrad: " << one_line(e.what()) << "\n";
+      // "loragrad: COMMAND: ...", whether or not the thrower named the command.
+      const std::string msg = one_line(e.what());
+      std::cerr << "loragrad: " << (msg.rfind(cmd + ": ", 0) == 0 ? "" : cmd + ": ") << msg << "\n";
       return 2;
     } catch (const loragrad::Error& e) {
       std::cerr << "loragrad: " << cmd << ": " << one_line(e.what()) << "\n";
@@ -89,7 +130,11 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::cerr << "loragrad: unknown command '" << cmd << "' (commands: pretrain, finetune, generate, info, eval, merge, "
-            << "gradcheck; see loragrad --help)\n";
+  if (cmd.rfind("-", 0) == 0)
+    std::cerr << "loragrad: unknown flag '" << one_line(cmd) << "' before the command (flags follow the command: "
+              << "loragrad COMMAND --flag; see loragrad --help)\n";
+  else
+    std::cerr << "loragrad: unknown command '" << one_line(cmd) << "' (commands: " << command_names()
+              << "; see loragrad --help)\n";
   return 2;
 }

@@ -212,9 +212,9 @@ int run_pretrain(int argc, char** argv) {
   tc.out_dir = run_dir_for_file(out);
   cfg.seed = tc.seed;
   set_threads(a);
-  check_out(a, out);
-
   const Texts texts = training_texts(a, a.given("--data") ? "" : "stories", tc.seed);
+  if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
+  check_out(a, out);
   print_texts(texts, tc.seq);
   auto model = std::make_shared<nn::TinyGPT>(cfg);
   std::cout << "model: TinyGPT d_model " << cfg.d_model << ", " << cfg.n_layer << " layers, " << cfg.n_head
@@ -267,13 +267,20 @@ int run_finetune(int argc, char** argv) {
   train::TrainConfig tc = trainer_config(a, seq_flag);
   tc.label = method;
   const bool whole_model = method == "full";
+  for (const char* flag : {"--targets", "--r", "--alpha", "--dropout"})
+    if (whole_model && a.given(flag))
+      throw UsageError(std::string("finetune: ") + flag + " is for the adapter methods, not --method full");
+  if (method != "loraplus" && a.given("--loraplus-ratio"))
+    throw UsageError("finetune: --loraplus-ratio is for --method loraplus");
   tc.out_dir = whole_model ? run_dir_for_file(out) : out;
   set_threads(a);
-  check_out(a, out);
 
   // Every input is read before anything is printed or trained.
   const Texts texts = training_texts(a, "", tc.seed);
+  if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
+  check_out(a, out);
   auto model = load_checkpoint(base);
+  const lora::AdapterProvenance provenance{base, "CAUSAL_LM", nn::fingerprint(model->state_dict())};
   const int64_t block = model->config().block_size;
   if (seq_flag > block)
     throw UsageError("finetune: --seq " + std::to_string(seq_flag) + " exceeds the checkpoint's block size " +
@@ -298,8 +305,6 @@ int run_finetune(int argc, char** argv) {
     cfg.use_dora = method == "dora";
     cfg.qlora = method == "qlora";
     cfg.seed = tc.seed;
-    cfg.base_model_name_or_path = base;
-    cfg.task_type = "CAUSAL_LM";
     cfg.validate();
     const lora::LoraReport rep = lora::apply_lora(*model, cfg);
     std::cout << method << ": " << rep.modules.size() << " adapted modules, r " << r << ", alpha " << alpha << ", lr "
@@ -318,7 +323,7 @@ int run_finetune(int argc, char** argv) {
         if (p.requires_grad()) trainable.push_back(p);
       opt = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup("adapter", trainable, lr, weight_decay)});
     }
-    output = {[&model](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
+    output = {[&model, &provenance](const std::string& dir) { lora::save_adapter(*model, dir, "default", true, provenance); },
               [&model](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
   }
   print_texts(texts, tc.seq);
@@ -337,7 +342,7 @@ int run_finetune(int argc, char** argv) {
   const std::string staged = temporary_path(out);
   remove_stale_temporaries(out);
   fs::remove_all(staged);
-  lora::save_adapter(*model, staged, "default", true);
+  lora::save_adapter(*model, staged, "default", true, provenance);
   std::error_code ec;
   if (fs::is_directory(out, ec))
     for (const auto& e : fs::directory_iterator(out)) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@
 #include "loragrad/lora/peft_io.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/safetensors.hpp"
+
+#include <nlohmann/json.hpp>
 
 namespace fs = std::filesystem;
 
@@ -64,7 +67,9 @@ std::string read_text(const std::string& path, const std::string& flag) {
 }  // namespace
 
 int run_generate(int argc, char** argv) {
-  Args a("generate", "Sample text from a checkpoint, with an adapter when given.");
+  Args a("generate", "Sample text from a checkpoint, with an adapter when given. The prompt is echoed first.\n"
+                     "A byte model may emit any byte: bytes a terminal would interpret (control bytes, bytes\n"
+                     "above 0x7e) are printed as '?' unless --raw.");
   add_model_flags(a);
   a.option("--prompt", "TEXT", "the start of the text");
   a.option("--tokens", "N", "bytes to sample", "200");
@@ -72,6 +77,9 @@ int run_generate(int argc, char** argv) {
   a.option("--top-k", "N", "sample among the k likeliest bytes (0: all)", "40");
   a.option("--seed", "N", "sampling seed", "0");
   a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.flag("--raw", "write the prompt and the sampled bytes exactly as they are, with no newline added");
+  a.epilog("example:\n  loragrad generate --base out/base.safetensors --prompt \"The \" --tokens 200\n"
+           "  loragrad generate --base out/base.safetensors --prompt \"The \" --raw > sample.bin\n");
   if (!a.parse(argc, argv)) return 0;
   const std::string prompt = a.str("--prompt");
   if (prompt.empty()) throw UsageError("generate: --prompt must hold at least one byte");
@@ -81,36 +89,156 @@ int run_generate(int argc, char** argv) {
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 1000000000));
   set_threads(a);
   auto model = load_model(a);
-  std::cout << terminal_safe(nn::sample_text(*model, prompt, tokens, temperature, top_k, seed)) << "\n";
+  const std::string text = nn::sample_text(*model, prompt, tokens, temperature, top_k, seed);
+  if (a.is_set("--raw")) std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
+  else std::cout << terminal_safe(text) << "\n";
   return 0;
 }
 
-int run_info(int argc, char** argv) {
-  Args a("info", "Parameter and memory table of a checkpoint, and of an adapter on it.");
-  add_model_flags(a);
-  if (!a.parse(argc, argv)) return 0;
-  auto model = load_model(a);
-  const nn::TinyGPTConfig& c = model->config();
+namespace {
 
-  // Base weights: every parameter outside adapters, plus NF4 codes (QLoRA bases hold no dense weight).
-  const auto layers = lora::lora_layers(*model);
-  size_t adapter_bytes = 0, nf4_bytes = 0;
-  int64_t nf4_weights = 0;
-  for (const auto& [path, layer] : layers) {
-    adapter_bytes += layer->adapter_bytes();
-    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(layer->base_layer)) {
-      nf4_bytes += q->weight_bytes();
-      nf4_weights += q->in_features * q->out_features;
+// One row of `info`: a parameter, or the packed weight of an NF4 layer (not a
+// parameter: it is frozen and holds 4-bit codes plus scales, no dense copy).
+struct ParamInfo {
+  std::string name;     // dotted path, as in state_dict ("blocks.0.attn.q_proj.base_layer.weight")
+  Shape shape;
+  std::string storage;  // "f32", "f64" or "nf4"
+  int64_t numel = 0;
+  size_t bytes = 0;     // what the model holds in memory for it
+  bool trainable = false;
+  bool adapter = false;  // an adapter's lora_A, lora_B or DoRA magnitude
+};
+
+std::string storage_name(DType dt) {
+  switch (dt) {
+    case DType::f32: return "f32";
+    case DType::f64: return "f64";
+    default: return dtype_name(dt);
+  }
+}
+
+// Every parameter once (a shared one under its first name), in model order,
+// with each NF4 layer's packed weight where its dense weight would be.
+std::vector<ParamInfo> parameter_table(const nn::Module& model) {
+  std::vector<std::string> adapter_prefixes;
+  for (const auto& [path, layer] : lora::lora_layers(model))
+    for (const char* part : {".lora_A.", ".lora_B.", ".lora_magnitude_vector."})
+      adapter_prefixes.push_back(path + part);
+  auto row_of = [&](const std::string& name, const Tensor& t) {
+    bool adapter = false;
+    for (const std::string& p : adapter_prefixes) adapter = adapter || name.rfind(p, 0) == 0;
+    return ParamInfo{name, t.shape(), storage_name(t.dtype()), t.numel(), t.nbytes(), t.requires_grad(), adapter};
+  };
+  // name -> listed yet; a tensor shared by two modules is listed under its first name only.
+  std::map<std::string, bool> listed;
+  for (const auto& [name, t] : model.named_parameters()) listed[name] = false;
+
+  std::vector<ParamInfo> rows;
+  for (const auto& [path, m] : model.named_modules()) {
+    const std::string prefix = path.empty() ? "" : path + ".";
+    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(m)) {
+      const lora::NF4Tensor& w = q->qweight();
+      rows.push_back({prefix + "weight", w.shape, "nf4", w.numel(), w.bytes(), false, false});
+    }
+    for (const auto& [own, t] : m->named_parameters()) {  // the module's own ones: names without a '.'
+      if (own.find('.') != std::string::npos) continue;
+      auto it = listed.find(prefix + own);
+      if (it == listed.end() || it->second) continue;
+      it->second = true;
+      rows.push_back(row_of(it->first, t));
     }
   }
-  int64_t adapter_params = 0;
-  for (const auto& [name, p] : model->named_parameters())
-    if (name.find(".lora_A.") != std::string::npos || name.find(".lora_B.") != std::string::npos ||
-        name.find(".lora_magnitude_vector.") != std::string::npos)
-      adapter_params += p.numel();
-  const int64_t all = model->num_parameters() + nf4_weights;
-  const int64_t base_params = all - adapter_params;
-  const size_t base_bytes = model->parameter_bytes() - adapter_bytes + nf4_bytes;
+  for (const auto& [name, t] : model.named_parameters())  // none is left, but a count must never miss one
+    if (!listed[name]) rows.push_back(row_of(name, t));
+  return rows;
+}
+
+struct Totals {
+  int64_t params = 0, trainable = 0, adapter = 0, nf4 = 0;
+  size_t bytes = 0, trainable_bytes = 0, adapter_bytes = 0, nf4_bytes = 0;
+};
+
+Totals totals_of(const std::vector<ParamInfo>& rows) {
+  Totals t;
+  for (const ParamInfo& r : rows) {
+    t.params += r.numel;
+    t.bytes += r.bytes;
+    if (r.trainable) t.trainable += r.numel, t.trainable_bytes += r.bytes;
+    if (r.adapter) t.adapter += r.numel, t.adapter_bytes += r.bytes;
+    if (r.storage == "nf4") t.nf4 += r.numel, t.nf4_bytes += r.bytes;
+  }
+  return t;
+}
+
+}  // namespace
+
+int run_info(int argc, char** argv) {
+  Args a("info", "Parameter and memory table of a checkpoint, and of an adapter on it. \"Trainable\" is what\n"
+                 "finetune would train: the adapter's parameters (and its modules_to_save), or, without an\n"
+                 "adapter, every parameter (full fine-tuning).");
+  add_model_flags(a);
+  a.flag("--json", "one JSON document instead of the table (fields: see the README)");
+  a.epilog("example:\n  loragrad info --base out/base.safetensors --adapter out/my_adapter --json\n");
+  if (!a.parse(argc, argv)) return 0;
+  const bool as_json = a.is_set("--json");
+  const std::string base = a.str("--base");
+  const bool has_adapter = a.given("--adapter");
+  const std::string adapter_dir = has_adapter ? a.str("--adapter") : "";
+
+  auto model = load_checkpoint(base);
+  lora::LoraConfig cfg;
+  if (has_adapter) {
+    check_dir(adapter_dir, "--adapter");
+    // Trainable as finetune would leave it: the adapter (and modules_to_save), not the base.
+    lora::load_adapter(*model, adapter_dir, "default", /*is_trainable=*/true);
+    model->eval();
+    cfg = lora::read_adapter_config((fs::path(adapter_dir) / "adapter_config.json").string());
+  } else {
+    model->requires_grad_(true);  // full fine-tuning trains every parameter
+  }
+  const nn::TinyGPTConfig& c = model->config();
+  const std::vector<ParamInfo> rows = parameter_table(*model);
+  const Totals t = totals_of(rows);
+  const int64_t base_params = t.params - t.adapter;
+  const size_t base_bytes = t.bytes - t.adapter_bytes;
+  // Training keeps a gradient and AdamW's two moments for every trainable parameter.
+  const size_t train_state = 3 * t.trainable_bytes;
+  const size_t n_layers = lora::lora_layers(*model).size();
+
+  if (as_json) {
+    using json = nlohmann::ordered_json;
+    json params = json::array();
+    for (const ParamInfo& r : rows)
+      params.push_back({{"name", r.name}, {"shape", r.shape}, {"storage", r.storage}, {"numel", r.numel},
+                        {"bytes", r.bytes}, {"trainable", r.trainable}, {"adapter", r.adapter}});
+    json j;
+    j["checkpoint"] = base;
+    j["model"] = {{"type", model->type_name()}, {"vocab_size", c.vocab_size}, {"block_size", c.block_size},
+                  {"d_model", c.d_model},       {"n_layer", c.n_layer},       {"n_head", c.n_head},
+                  {"d_ff", c.ffn_width()},      {"dtype", storage_name(model->dtype())}};
+    j["total_params"] = t.params;
+    j["total_bytes"] = t.bytes;
+    j["trainable_params"] = t.trainable;
+    j["trainable_bytes"] = t.trainable_bytes;
+    j["base_params"] = base_params;
+    j["base_bytes"] = base_bytes;
+    j["adapter_params"] = t.adapter;
+    j["adapter_bytes"] = t.adapter_bytes;
+    j["nf4_params"] = t.nf4;
+    j["nf4_bytes"] = t.nf4_bytes;
+    j["training_state_bytes"] = train_state;
+    if (has_adapter) {
+      j["adapter"] = {{"path", adapter_dir},
+                      {"adapted_modules", n_layers},
+                      {"config", json::parse(lora::adapter_config_json(cfg))}};
+    } else {
+      j["adapter"] = nullptr;
+    }
+    j["parameters"] = std::move(params);
+    // A path need not be UTF-8: invalid bytes become U+FFFD rather than an exception.
+    std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    return 0;
+  }
 
   auto row = [](const std::string& what, const std::string& count, const std::string& bytes) {
     std::string w = what, n = count;
@@ -118,31 +246,33 @@ int run_info(int argc, char** argv) {
     if (n.size() < 14) n = std::string(14 - n.size(), ' ') + n;
     std::cout << w << n << "   " << bytes << "\n";
   };
-  std::cout << "checkpoint: " << a.str("--base") << "\nmodel: TinyGPT vocab " << c.vocab_size << ", block "
+  const auto fbytes = [](size_t b) { return format_bytes(static_cast<double>(b)); };
+  std::cout << "checkpoint: " << base << "\nmodel: TinyGPT vocab " << c.vocab_size << ", block "
             << c.block_size << ", d_model " << c.d_model << ", " << c.n_layer << " layers, " << c.n_head
             << " heads, d_ff " << c.ffn_width() << "\n\n";
   row("", "parameters", "bytes");
-  row(nf4_weights > 0 ? "base (NF4 + float32)" : "base weights", with_commas(base_params), format_bytes(base_bytes));
-  if (a.given("--adapter")) {
-    const lora::LoraConfig cfg = lora::read_adapter_config((fs::path(a.str("--adapter")) / "adapter_config.json").string());
-    row("adapter", with_commas(adapter_params), format_bytes(static_cast<double>(adapter_bytes)));
-    // After training, the adapter is what trains: its parameters get gradients and two AdamW moments.
-    const double train_state = 3.0 * static_cast<double>(adapter_bytes);
-    row("  grads + AdamW m, v", "", format_bytes(train_state));
-    row("total", with_commas(all), format_bytes(static_cast<double>(base_bytes + adapter_bytes)));
-    std::cout << "\nadapter: " << a.str("--adapter") << ": r " << cfg.r << ", alpha " << cfg.lora_alpha
-              << (cfg.use_dora ? ", DoRA" : "") << (cfg.qlora ? ", QLoRA (NF4 base)" : "") << ", "
-              << layers.size() << " adapted modules (";
-    for (size_t i = 0; i < cfg.target_modules.size(); ++i) std::cout << (i ? "," : "") << cfg.target_modules[i];
+  row(t.nf4 > 0 ? "base (NF4 + float32)" : "base weights", with_commas(base_params), fbytes(base_bytes));
+  if (has_adapter) {
+    row("adapter", with_commas(t.adapter), fbytes(t.adapter_bytes));
+    row("  grads + AdamW m, v", "", fbytes(train_state));
+    row("total", with_commas(t.params), fbytes(t.bytes));
+    std::cout << "\nadapter: " << adapter_dir << ": r " << cfg.r << ", alpha " << cfg.lora_alpha
+              << (cfg.use_dora ? ", DoRA" : "") << (cfg.qlora ? ", QLoRA (NF4 base)" : "") << ", " << n_layers
+              << " adapted modules (";
+    for (size_t i = 0; i < cfg.target_modules.size(); ++i)
+      std::cout << (i ? "," : "") << printable(cfg.target_modules[i]);  // text from a file
     std::cout << ")\n";
-    std::cout << "trainable: " << with_commas(adapter_params) << " of " << with_commas(all) << " parameters ("
-              << fixed(100.0 * static_cast<double>(adapter_params) / static_cast<double>(all), 4) << "%)\n";
   } else {
-    const double train_state = 3.0 * static_cast<double>(base_bytes);
-    row("  grads + AdamW m, v", "", format_bytes(train_state) + "   (full fine-tuning)");
-    std::cout << "\ntrainable (full fine-tuning): " << with_commas(all) << " of " << with_commas(all)
-              << " parameters (100%)\n";
+    row("  grads + AdamW m, v", "", fbytes(train_state) + "   (full fine-tuning)");
+    std::cout << "\n";
   }
+  std::cout << (has_adapter ? "trainable: " : "trainable (full fine-tuning): ") << with_commas(t.trainable)
+            << " of " << with_commas(t.params) << " parameters ("
+            << (t.trainable == t.params ? std::string("100")
+                                        : fixed(100.0 * static_cast<double>(t.trainable) /
+                                                    static_cast<double>(t.params),
+                                                4))
+            << "%)\n";
   return 0;
 }
 
@@ -160,9 +290,17 @@ int run_eval(int argc, char** argv) {
   const bool dump = a.given("--dump-logits");
   if (dump != a.given("--tokens")) throw UsageError("eval: --dump-logits OUT and --tokens TEXT go together");
   if (!dump && !a.given("--data")) throw UsageError("eval: give --data FILE (or --dump-logits OUT --tokens TEXT)");
+  // Every command-line mistake before any work or output.
+  (void)a.str("--base");  // required: a UsageError when absent
+  const std::string out = dump ? a.str("--dump-logits") : "";
+  const std::string tokens = dump ? a.str("--tokens") : "";
+  if (dump && tokens.empty()) throw UsageError("eval: --tokens must hold at least one byte");
   set_threads(a);
-  if (dump) check_can_write(a.str("--dump-logits"), a.is_set("--force"), "--dump-logits");
-  auto model = load_model(a);
+  auto model = load_model(a);  // quick: before --tokens can be checked against its block size
+  if (static_cast<int64_t>(tokens.size()) > model->config().block_size)
+    throw UsageError("eval: --tokens holds " + std::to_string(tokens.size()) + " bytes, more than the block size " +
+                     std::to_string(model->config().block_size));
+  if (dump) check_can_write(out, a.is_set("--force"), "--dump-logits");
 
   if (a.given("--data")) {
     const std::string text = read_text(a.str("--data"), "--data");
@@ -174,17 +312,11 @@ int run_eval(int argc, char** argv) {
               << fixed(loss / std::log(2.0), 4) << " bits/byte)\n";
   }
   if (dump) {
-    const std::string text = a.str("--tokens");
-    if (text.empty()) throw UsageError("eval: --tokens must hold at least one byte");
-    if (static_cast<int64_t>(text.size()) > model->config().block_size)
-      throw UsageError("eval: --tokens holds " + std::to_string(text.size()) +
-                       " bytes, more than the block size " + std::to_string(model->config().block_size));
     NoGradGuard no_grad;
-    const Tensor idx = tokens_of(text);
+    const Tensor idx = tokens_of(tokens);
     const Tensor logits = model->forward(idx);  // (1, t, V)
-    const std::string out = a.str("--dump-logits");
     save_safetensors(out, {{"logits", logits}, {"tokens", idx}}, {{"format", "pt"}});
-    std::cout << "logits (1, " << text.size() << ", " << model->config().vocab_size << "): " << out << "\n";
+    std::cout << "logits (1, " << tokens.size() << ", " << model->config().vocab_size << "): " << out << "\n";
   }
   return 0;
 }
@@ -196,7 +328,8 @@ int run_merge(int argc, char** argv) {
   a.flag("--force", "replace an existing --out");
   if (!a.parse(argc, argv)) return 0;
   const std::string out = a.str("--out");
-  (void)a.str("--adapter");  // required: a UsageError when absent
+  (void)a.str("--base");
+  (void)a.str("--adapter");  // required here: a UsageError when absent
   check_can_write(out, a.is_set("--force"), "--out");
   auto model = load_model(a);
   const lora::MergeReport rep = lora::merge_and_unload(*model);

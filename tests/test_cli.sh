@@ -3,10 +3,13 @@
 #
 #   sh tests/test_cli.sh path/to/loragrad
 #
-# Checks: every subcommand's --help exits 0; each usage or runtime error exits
-# with the expected status and prints exactly one line on stderr, starting
-# with "loragrad: " and holding a hint; a tiny pretrain -> finetune (LoRA, on
-# a text file) -> info -> generate -> eval -> merge run works; an existing
+# Checks: every subcommand's --help exits 0; --version; each usage or runtime
+# error exits with the expected status and prints exactly one line on stderr,
+# starting with "loragrad: " and holding a hint (usage errors, exit 2, class by
+# class for every subcommand: unknown flag, missing value, wrong type, out of
+# range, empty path, mutually exclusive flags); a tiny pretrain -> finetune
+# (LoRA, on a text file) -> info (table and --json, which must agree) ->
+# generate (terminal-safe and --raw) -> eval -> merge run works; an existing
 # output is not overwritten without --force.
 set -u
 L=${1:?usage: test_cli.sh path/to/loragrad}
@@ -66,6 +69,51 @@ for c in pretrain finetune generate info eval merge gradcheck; do
   fi
 done
 
+# ---- --version ----
+for v in --version version; do
+  if ok "loragrad $v" -- "$L" $v; then
+    grep -q '^loragrad [0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*$' "$T/out" && [ "$(wc -l <"$T/out")" -eq 1 ] ||
+      fail "loragrad $v: expected one line 'loragrad X.Y.Z', got: $(cat "$T/out")"
+  fi
+done
+
+# info --json against info's table. $1: what, $2: the table, $3: the JSON.
+# The JSON is dumped with an indent of 2: top-level keys at 2 spaces, each
+# parameter's keys (and the adapter config's) at 6.
+json_num() { sed -n "s/^  \"$1\": \([0-9]*\),\{0,1\}\$/\1/p" "$2"; }
+check_info_json() {
+  desc=$1 table=$2 js=$3
+  checks=$((checks + 1))
+  if [ "$(head -n 1 "$js")" != "{" ] || [ "$(tail -n 1 "$js")" != "}" ]; then
+    fail "$desc: not one JSON object: $(head -c 300 "$js")"
+    return 1
+  fi
+  total=$(json_num total_params "$js")
+  trainable=$(json_num trainable_params "$js")
+  bytes=$(json_num total_bytes "$js")
+  t_trainable=$(sed -n 's/^trainable[^:]*: \([0-9,]*\) of \([0-9,]*\) parameters.*/\1/p' "$table" | tr -d ,)
+  t_total=$(sed -n 's/^trainable[^:]*: \([0-9,]*\) of \([0-9,]*\) parameters.*/\2/p' "$table" | tr -d ,)
+  [ -n "$total" ] && [ "$total" = "$t_total" ] ||
+    fail "$desc: JSON total_params '$total', the table says '$t_total' parameters"
+  [ -n "$trainable" ] && [ "$trainable" = "$t_trainable" ] ||
+    fail "$desc: JSON trainable_params '$trainable', the table says '$t_trainable'"
+  # The per-parameter entries add up to the totals.
+  sums=$(awk '/^      "numel": /  { n = $2 + 0; sn += n }
+              /^      "bytes": /  { sb += $2 + 0 }
+              /^      "trainable": true/ { tn += n }
+              END { print sn + 0, sb + 0, tn + 0 }' "$js")
+  [ "$sums" = "$total $bytes $trainable" ] ||
+    fail "$desc: parameters sum to (numel bytes trainable) $sums, totals are $total $bytes $trainable"
+  # The table's bytes (its "total" row, or "base weights" without an adapter), as format_bytes prints them.
+  want=$(awk -v b="$bytes" 'BEGIN { split("B KiB MiB GiB", u, " "); i = 1
+                                   while (b >= 1024 && i < 4) { b /= 1024; i++ }
+                                   if (i == 1) printf "%d B", b; else printf "%.2f %s", b, u[i] }')
+  row="total"
+  grep -q '^total ' "$table" || row="base weights"
+  grep -q "^$row  *[0-9,]*   $want\$" "$table" ||
+    fail "$desc: JSON total_bytes $bytes ($want), the table's $row row: $(grep "^$row" "$table")"
+}
+
 # ---- a tiny end-to-end run ----
 B="$T/base.safetensors"
 tiny="--steps 3 --batch 2 --seq 16 --quiet --threads 1"
@@ -81,9 +129,43 @@ ok "finetune lora" -- "$L" finetune --base "$B" --method lora --r 4 --alpha 8 --
 [ -s "$T/ad/adapter_config.json" ] && [ -s "$T/ad/adapter_model.safetensors" ] || fail "finetune wrote no adapter in $T/ad"
 if ok "info" -- "$L" info --base "$B" --adapter "$T/ad"; then
   grep -q "trainable: 256 of" "$T/out" || fail "info: expected 256 trainable parameters (2 modules x r 4 x (16 + 16)): $(cat "$T/out")"
+  cp "$T/out" "$T/info.txt"
+fi
+if ok "info --json" -- "$L" info --base "$B" --adapter "$T/ad" --json; then
+  cp "$T/out" "$T/info.json"
+  check_info_json "info --json (LoRA)" "$T/info.txt" "$T/info.json"
+  [ "$(json_num trainable_params "$T/info.json")" = 256 ] && [ "$(json_num trainable_bytes "$T/info.json")" = 1024 ] ||
+    fail "info --json: expected 256 trainable float32 parameters, 1024 bytes: $(grep trainable "$T/info.json")"
+  grep -q '^      "r": 4,$' "$T/info.json" && grep -q '^      "lora_alpha": 8,$' "$T/info.json" &&
+    grep -q '^      "peft_type": "LORA",$' "$T/info.json" || fail "info --json: no adapter config with r 4, alpha 8"
+  grep -q '^    "d_model": 16,$' "$T/info.json" || fail "info --json: no model hyper-parameters"
+  [ "$(grep -c '^      "storage": "f32",$' "$T/info.json")" -eq "$(grep -c '^      "name": ' "$T/info.json")" ] ||
+    fail "info --json: every parameter of a LoRA model should be stored as f32"
+fi
+if ok "info (no adapter)" -- "$L" info --base "$B"; then
+  cp "$T/out" "$T/info.txt"
+  if ok "info --json (no adapter)" -- "$L" info --base "$B" --json; then
+    check_info_json "info --json (no adapter)" "$T/info.txt" "$T/out"
+    grep -q '^  "adapter": null,$' "$T/out" || fail "info --json without --adapter: expected \"adapter\": null"
+  fi
 fi
 if ok "generate" -- "$L" generate --base "$B" --adapter "$T/ad" --prompt "The " --tokens 20 --temperature 0; then
   grep -q "^The " "$T/out" || fail "generate: the output does not start with the prompt: $(cat "$T/out")"
+fi
+# An escape byte and an invalid UTF-8 byte in the prompt: replaced by '?' unless --raw.
+P=$(printf 'a\033b\377')
+if ok "generate --raw" -- "$L" generate --base "$B" --prompt "$P" --tokens 30 --temperature 1 --top-k 0 --raw; then
+  cp "$T/out" "$T/raw.bin"
+  [ "$(wc -c <"$T/raw.bin")" -eq 34 ] || fail "generate --raw: expected 4 + 30 bytes and no newline, got $(wc -c <"$T/raw.bin")"
+  [ "$(head -c 4 "$T/raw.bin" | od -An -tx1 | tr -d ' \n')" = "611b62ff" ] ||
+    fail "generate --raw: the prompt is not echoed byte for byte: $(head -c 4 "$T/raw.bin" | od -An -c)"
+fi
+if ok "generate, terminal-safe" -- "$L" generate --base "$B" --prompt "$P" --tokens 30 --temperature 1 --top-k 0; then
+  [ "$(head -c 4 "$T/out")" = "a?b?" ] || fail "generate: the prompt's escape bytes are not replaced: $(od -An -c "$T/out")"
+  LC_ALL=C grep -q "$(printf '[\033\377]')" "$T/out" && fail "generate: raw control or invalid bytes printed: $(od -An -c "$T/out")"
+  # The same bytes as --raw, each unsafe one replaced, plus a newline.
+  { LC_ALL=C tr '\000-\010\013-\037\177-\377' '?' <"$T/raw.bin"; echo; } >"$T/raw_made_safe"
+  cmp -s "$T/raw_made_safe" "$T/out" || fail "generate and generate --raw differ beyond the replaced bytes"
 fi
 if ok "eval" -- "$L" eval --base "$B" --adapter "$T/ad" --data "$T/text.txt"; then
   grep -q "nats/byte" "$T/out" || fail "eval: no loss printed: $(cat "$T/out")"
@@ -105,6 +187,16 @@ for m in loraplus dora qlora; do
 done
 if ok "info qlora" -- "$L" info --base "$B" --adapter "$T/ad_qlora"; then
   grep -q "NF4" "$T/out" || fail "info: a QLoRA adapter's base is not reported as NF4: $(cat "$T/out")"
+  cp "$T/out" "$T/info.txt"
+  if ok "info qlora --json" -- "$L" info --base "$B" --adapter "$T/ad_qlora" --json; then
+    check_info_json "info --json (QLoRA)" "$T/info.txt" "$T/out"
+    # all-linear on 1 block: q, k, v, o, fc_in, fc_out hold NF4 weights: 4 bits + scales, under 5 bits each.
+    [ "$(grep -c '^      "storage": "nf4",$' "$T/out")" -eq 6 ] || fail "info --json: expected 6 NF4 weights"
+    nf4_params=$(json_num nf4_params "$T/out") nf4_bytes=$(json_num nf4_bytes "$T/out")
+    [ "${nf4_params:-0}" -eq 3072 ] && [ "$((nf4_bytes * 8))" -lt "$((nf4_params * 5))" ] ||
+      fail "info --json: NF4 weights: $nf4_params weights in $nf4_bytes bytes"
+    grep -q '^      "loragrad_qlora": true,$' "$T/out" || fail "info --json: the adapter config does not say QLoRA"
+  fi
 fi
 ok "finetune full" -- "$L" finetune --base "$B" --method full --data "$T/text.txt" $tiny --out "$T/full.safetensors"
 ok "generate from the fully fine-tuned checkpoint" -- "$L" generate --base "$T/full.safetensors" --prompt "a" --tokens 5
@@ -146,6 +238,65 @@ err "empty prompt" 2 "--prompt" -- "$L" generate --base "$B" --prompt ""
 err "merge without adapter" 2 "--adapter DIR is required" -- "$L" merge --base "$B" --out "$T/new"
 err "flag given twice" 2 "given twice" -- "$L" finetune $F --r 2 --r 3
 
+# Each class of mistake, in every subcommand: exit 2, one line.
+for c in pretrain finetune generate info eval merge gradcheck version; do
+  err "$c: unknown flag" 2 "$c: unknown flag '--bogus'" -- "$L" $c --bogus
+  err "$c: a word that is not a flag" 2 "$c: unexpected argument 'extra'" -- "$L" $c extra
+  err "$c: a single-dash flag" 2 "$c: unexpected argument '-h'" -- "$L" $c -h
+  err "$c: a value given to --help" 2 "$c: --help takes no value" -- "$L" $c --help=1
+done
+# missing value (at the end, and before another flag)
+err "pretrain: missing value" 2 "pretrain: --out expects a value" -- "$L" pretrain --out
+err "finetune: missing value" 2 "finetune: --base expects a value" -- "$L" finetune --base --data "$T/text.txt"
+err "generate: missing value" 2 "generate: --prompt expects a value" -- "$L" generate --base "$B" --prompt
+err "info: missing value" 2 "info: --adapter expects a value" -- "$L" info --base "$B" --adapter --json
+err "eval: missing value" 2 "eval: --data expects a value" -- "$L" eval --base "$B" --data
+err "merge: missing value" 2 "merge: --out expects a value" -- "$L" merge --base "$B" --adapter "$T/ad" --out
+err "gradcheck: missing value" 2 "gradcheck: --seed expects a value" -- "$L" gradcheck --seed
+# wrong type
+err "pretrain: --lr not a number" 2 "pretrain: --lr expects a finite number" -- "$L" pretrain --lr fast --out "$T/new"
+err "pretrain: --lr nan" 2 "pretrain: --lr expects a finite number" -- "$L" pretrain --lr nan --out "$T/new"
+err "finetune: --alpha inf" 2 "finetune: --alpha expects a finite number" -- "$L" finetune $F --alpha inf
+err "finetune: --r 2.5" 2 "finetune: --r expects an integer, got '2.5'" -- "$L" finetune $F --r 2.5
+err "generate: --temperature not a number" 2 "generate: --temperature expects a finite number" -- \
+  "$L" generate --base "$B" --prompt a --temperature hot
+err "generate: --tokens 1x" 2 "generate: --tokens expects an integer" -- "$L" generate --base "$B" --prompt a --tokens 1x
+err "eval: --threads empty" 2 "eval: --threads expects an integer, got ''" -- "$L" eval --base "$B" --data "$T/text.txt" --threads=
+err "gradcheck: --seed x" 2 "gradcheck: --seed expects an integer" -- "$L" gradcheck --seed x
+err "info: --json takes no value" 2 "info: --json takes no value" -- "$L" info --base "$B" --json=yes
+err "generate: --raw takes no value" 2 "generate: --raw takes no value" -- "$L" generate --base "$B" --prompt a --raw=1
+# out of range
+err "pretrain: --batch 0" 2 "pretrain: --batch must be in" -- "$L" pretrain --batch 0 --out "$T/new"
+err "pretrain: --lr 0" 2 "pretrain: --lr must be positive" -- "$L" pretrain --lr 0 --out "$T/new"
+err "pretrain: --lr that underflows to 0" 2 "pretrain: --lr must be positive" -- "$L" pretrain --lr 1e-400 --out "$T/new"
+err "pretrain: --steps beyond int64" 2 "pretrain: --steps must be in" -- "$L" pretrain --steps 99999999999999999999 --out "$T/new"
+err "finetune: --threads 5000" 2 "finetune: --threads must be in" -- "$L" finetune $F --threads 5000
+err "generate: --tokens 0" 2 "generate: --tokens must be in" -- "$L" generate --base "$B" --prompt a --tokens 0
+err "generate: --top-k -1" 2 "generate: --top-k must be in" -- "$L" generate --base "$B" --prompt a --top-k -1
+err "generate: --temperature -1" 2 "generate: --temperature must be in" -- "$L" generate --base "$B" --prompt a --temperature -1
+err "eval: --threads -1" 2 "eval: --threads must be in" -- "$L" eval --base "$B" --data "$T/text.txt" --threads -1
+err "gradcheck: --seed -1" 2 "gradcheck: --seed must be in" -- "$L" gradcheck --seed -1
+# an empty path
+err "pretrain: --out ''" 2 "pretrain: --out expects a path" -- "$L" pretrain --out ""
+err "finetune: --base ''" 2 "finetune: --base expects a path" -- "$L" finetune --base "" --data "$T/text.txt" --out "$T/new"
+err "finetune: --data ''" 2 "finetune: --data expects a path" -- "$L" finetune --base "$B" --data "" --out "$T/new"
+err "generate: --adapter ''" 2 "generate: --adapter expects a path" -- "$L" generate --base "$B" --adapter "" --prompt a
+err "info: --base ''" 2 "info: --base expects a path" -- "$L" info --base ""
+err "eval: --dump-logits ''" 2 "eval: --dump-logits expects a path" -- "$L" eval --base "$B" --dump-logits "" --tokens a
+err "merge: --out=" 2 "merge: --out expects a path" -- "$L" merge --base "$B" --adapter "$T/ad" --out=
+# mutually exclusive, or needed together
+err "pretrain: --data and --domain" 2 "pretrain: give --data FILE or --domain NAME, not both" -- \
+  "$L" pretrain --data "$T/text.txt" --domain code --out "$T/new"
+err "finetune: --data and --domain" 2 "finetune: give --data FILE or --domain NAME, not both" -- "$L" finetune $F --domain code
+err "eval: --tokens without --dump-logits" 2 "eval: --dump-logits OUT and --tokens TEXT go together" -- \
+  "$L" eval --base "$B" --tokens hi
+err "eval: an empty --tokens" 2 "eval: --tokens must hold at least one byte" -- \
+  "$L" eval --base "$B" --data "$T/text.txt" --dump-logits "$T/new" --tokens ""
+# the command itself
+err "no command" 2 "give a command" -- "$L"
+err "a flag before the command" 2 "unknown flag '--bogus' before the command" -- "$L" --bogus
+err "--help with an argument" 2 "unexpected argument" -- "$L" --help pretrain
+
 # ---- runtime errors: exit 1 ----
 err "missing checkpoint" 1 "no such file" -- "$L" info --base "$T/none.safetensors"
 err "missing data file" 1 "no such file" -- "$L" finetune --base "$B" --data "$T/none.txt" --out "$T/new"
@@ -179,6 +330,20 @@ err "--out in an unwritable place, before training" 1 "--out /proc/nowhere/ad: c
   "$L" finetune --base "$B" --data "$T/text.txt" $tiny --out /proc/nowhere/ad
 [ -s "$T/out" ] && fail "finetune printed before refusing --out: $(cat "$T/out")"
 err "--out under a file" 1 "text.txt: Not a directory" -- "$L" pretrain $tiny --out "$T/text.txt/b.safetensors"
+
+# Output that cannot be written is an error, not a silent exit 0.
+if [ -w /dev/full ]; then
+  checks=$((checks + 1))
+  "$L" info --base "$B" --json >/dev/full 2>"$T/err"
+  [ $? -eq 1 ] && grep -q "^loragrad: info: cannot write to standard output" "$T/err" ||
+    fail "info --json > /dev/full: expected exit 1 and one line: $(cat "$T/err")"
+fi
+# A checkpoint path that is not UTF-8 still gives valid JSON (U+FFFD in its place).
+cp "$B" "$T/b$(printf '\377').safetensors"
+if ok "info --json, a path that is not UTF-8" -- "$L" info --base "$T/b$(printf '\377').safetensors" --json; then
+  grep -q "^  \"checkpoint\": \".*b$(printf '\357\277\275').safetensors\",\$" "$T/out" ||
+    fail "info --json: the checkpoint path is not UTF-8 with U+FFFD: $(grep checkpoint "$T/out")"
+fi
 
 [ -e "$T/new" ] && fail "a failed command left $T/new behind"
 

@@ -54,6 +54,7 @@ done
 ok "full: 40 steps" -- "$L" finetune $common $b4 --method full --save-every 20 --out "$T/full40.safetensors"
 ok "full: resume at 20" -- "$L" finetune $common $b4 --method full --resume "$T/full40.run/checkpoint-20" --out "$T/full20.safetensors"
 cmp -s "$T/full40.safetensors" "$T/full20.safetensors" || fail "full fine-tuning: resumed checkpoint differs"
+ok "another base" -- "$L" pretrain --steps 2 --seed 5 --quiet --out "$T/base_other.safetensors"
 ok "pretrain: resume" -- "$L" pretrain --steps 300 --quiet --save-every 150 --out "$T/base2.safetensors"
 ok "pretrain: resume at 150" -- "$L" pretrain --steps 300 --quiet --resume "$T/base2.run/checkpoint-150" --out "$T/base3.safetensors"
 cmp -s "$T/base2.safetensors" "$T/base3.safetensors" || fail "pretraining: resumed checkpoint differs"
@@ -66,7 +67,7 @@ err "resume with another batch" 1 "batch: checkpoint 4, now 8" -- \
   "$L" finetune $common --batch 8 --resume "$T/straight_0/checkpoint-20" --out "$T/x"
 err "resume with another method" 1 "method: checkpoint \"lora\", now \"dora\"" -- \
   "$L" finetune $common $b4 --method dora --resume "$T/straight_0/checkpoint-20" --out "$T/x"
-err "resume from no checkpoint" 1 "not a directory" -- "$L" finetune $common $b4 --resume "$T/nothing" --out "$T/x"
+err "resume from no checkpoint" 1 "--resume .*nothing: no such directory" -- "$L" finetune $common $b4 --resume "$T/nothing" --out "$T/x"
 
 # ---- --val-data, --grad-accum, early stopping, flags ----
 i=0
@@ -84,6 +85,23 @@ err "--val-data with --val-fraction" 2 "not both" -- \
   "$L" finetune --base "$B" --domain recipes --val-data "$T/val.txt" --val-fraction 0.2 --out "$T/x"
 err "--warmup beyond --steps" 2 "--warmup must be in" -- "$L" finetune --base "$B" --domain recipes --steps 5 --warmup 9 --out "$T/x"
 [ -e "$T/x" ] && fail "a refused command left $T/x behind"
+
+# ---- provenance: the adapter names its base, and another base gets a warning ----
+grep -q "\"base_model_name_or_path\": \"$B\"" "$T/ft_lora/adapter_config.json" || fail "adapter_config.json lacks base_model_name_or_path"
+grep -q '"task_type": "CAUSAL_LM"' "$T/ft_lora/adapter_config.json" || fail "adapter_config.json lacks task_type"
+grep -q '"loragrad_base_fingerprint": "fnv1a64:[0-9a-f]\{16\}"' "$T/ft_lora/adapter_config.json" || fail "no base fingerprint"
+if ok "eval on the adapter's own base" -- "$L" eval --base "$B" --adapter "$T/ft_lora" --data "$T/val.txt"; then
+  [ -s "$T/err" ] && fail "a warning on the adapter's own base: $(cat "$T/err")"
+fi
+if ok "eval on another base" -- "$L" eval --base "$T/base_other.safetensors" --adapter "$T/ft_lora" --data "$T/val.txt"; then
+  grep -q "^loragrad: warning: adapter .*ft_lora was trained on base .*base.safetensors (fnv1a64:.*), not on .*base_other.safetensors" \
+    "$T/err" || fail "no warning naming both bases: $(cat "$T/err")"
+fi
+
+# ---- QLoRA keeps every block linear in NF4, whatever the targets ----
+if ok "info of a qlora adapter (targets q_proj, v_proj)" -- "$L" info --base "$B" --adapter "$T/ft_qlora" --json; then
+  [ "$(grep -c '"storage": "nf4"' "$T/out")" -eq 12 ] || fail "qlora: $(grep -c '"storage": "nf4"' "$T/out") NF4 weights, expected 12 (2 blocks x 6 linears)"
+fi
 
 echo "$checks checks, $failures failed"
 [ "$failures" -eq 0 ]

@@ -569,11 +569,21 @@ BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error)
   auto wide = tiny(DType::f64);
   check_throws<ValueError>([&] { apply_lora(*wide, c); }, {"qlora", "blocks.0.attn.q_proj", "float64"});
   BOOST_CHECK(lora_layers(*wide).empty());
-  apply_lora(*m, c);
+  const int64_t dense_params = m->num_parameters();
+  const LoraReport qrep = apply_lora(*m, c);
   for (const auto& [path, l] : lora_layers(*m)) {
     BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(l->base_layer) != nullptr);
     BOOST_CHECK(l->lora_A_weight("default").requires_grad());
   }
+  // Real QLoRA: the whole frozen base is 4-bit, not only the adapted layers;
+  // lm_head and the embeddings stay float (bitsandbytes' load_in_4bit).
+  for (const char* p : {"blocks.0.attn.k_proj", "blocks.1.attn.o_proj", "blocks.0.mlp.fc_in", "blocks.1.mlp.fc_out"})
+    BOOST_CHECK_MESSAGE(std::dynamic_pointer_cast<NF4Linear>(m->get_submodule(p)) != nullptr, p << " is not NF4");
+  BOOST_CHECK(std::dynamic_pointer_cast<nn::Linear>(m->get_submodule("lm_head")) != nullptr);
+  for (const auto& [p, l] : quantizable_linears(*m)) BOOST_ERROR("still float: " << p);
+  // PEFT counts an NF4 weight as its logical values: all = the dense model + the adapters.
+  BOOST_CHECK_EQUAL(qrep.all_params, dense_params + qrep.trainable_params);
+  BOOST_CHECK_EQUAL(peft_parameter_counts(*m).second, qrep.all_params);
   randomise(*m, 8, "default");
   const auto unmerged = logits(*m);
   // The exact merged weight of one layer, computed as the merge does (float32).

@@ -8,6 +8,7 @@
 #include <map>
 #include <ostream>
 #include <set>
+#include <tuple>
 
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/path_regex.hpp"
@@ -208,12 +209,48 @@ LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::st
     if (!lin && !std::dynamic_pointer_cast<NF4Linear>(t.module))
       throw ValueError(where + ": qlora needs an nn::Linear or NF4Linear base at '" + t.path + "', got " +
                        t.module->type_name());
-    // NF4 weights dequantise to float32, so the adapter and the activations are float32 too.
-    if (lin && lin->weight.dtype() != DType::f32)
-      throw ValueError(where + ": qlora quantises float32 layers; '" + t.path + "' is " +
-                       dtype_name(lin->weight.dtype()) + " (call model.to(f32) first)");
   }
+  // NF4 weights dequantise to float32, so the adapter and the activations are float32 too.
+  if (cfg.qlora)
+    for (const auto& [path, lin] : quantizable_linears(model))
+      if (lin->weight.dtype() != DType::f32)
+        throw ValueError(where + ": qlora quantises float32 layers; '" + path + "' is " +
+                         dtype_name(lin->weight.dtype()) + " (call model.to(f32) first)");
   return plan;
+}
+
+// QLoRA keeps the whole frozen base in 4 bits, not only the adapted layers:
+// every nn::Linear (bare, or the base of a LoRA layer) except the output
+// head, as bitsandbytes' load_in_4bit skips lm_head. Embeddings, LayerNorms
+// and biases stay float.
+std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> quantizable_linears(const nn::Module& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> out;
+  for (const auto& [path, m] : model.named_modules()) {
+    auto lin = std::dynamic_pointer_cast<nn::Linear>(m);
+    const bool adapter_part = path.find(".lora_") != std::string::npos;  // lora_A / lora_B of a LoRA layer
+    if (lin && !adapter_part && path != "lm_head" && !ends_with(path, ".lm_head") &&
+        !ends_with(path, "lm_head.base_layer"))
+      out.push_back({path, lin});
+  }
+  return out;
+}
+
+int64_t quantize_base_to_nf4(nn::Module& model) {
+  int64_t n = 0;
+  for (const auto& [path, lin] : quantizable_linears(model)) {
+    auto q = std::make_shared<NF4Linear>(*lin);
+    q->train(lin->is_training());
+    model.replace_module(path, q);  // a LoRA layer's "....base_layer" too
+    ++n;
+  }
+  return n;
+}
+
+std::pair<int64_t, int64_t> peft_parameter_counts(const nn::Module& model) {
+  int64_t nf4 = 0;
+  for (const auto& [path, m] : model.named_modules())
+    if (auto q = std::dynamic_pointer_cast<NF4Linear>(m)) nf4 += q->in_features * q->out_features;
+  return {model.num_parameters(true), model.num_parameters(false) + nf4};
 }
 
 // ============================ apply_lora ============================
@@ -250,13 +287,13 @@ LoraReport lora_report(const nn::Module& model, const std::string& adapter) {
   for (const auto& [path, layer] : lora_layers(model))
     if (layer->has_adapter(adapter)) rep.modules.push_back(describe(path, *layer, adapter));
   if (rep.modules.empty()) throw ValueError("lora_report: no LoRA layer has an adapter called '" + adapter + "'");
-  rep.trainable_params = model.num_parameters(true);
-  rep.all_params = model.num_parameters(false);
+  std::tie(rep.trainable_params, rep.all_params) = peft_parameter_counts(model);
   return rep;
 }
 
 LoraReport apply_lora(nn::Module& model, const LoraConfig& cfg, const std::string& adapter) {
-  const LoraPlan plan = plan_lora(model, cfg, adapter);
+  LoraPlan plan = plan_lora(model, cfg, adapter);  // every check before the model changes
+  if (cfg.qlora && quantize_base_to_nf4(model) > 0) plan = plan_lora(model, cfg, adapter);  // targets are NF4 now
   const std::string running = enabled_active_adapter(model);  // "" for a model without adapters
   const bool had_adapters = !lora_layers(model).empty();
 
@@ -273,10 +310,7 @@ LoraReport apply_lora(nn::Module& model, const LoraConfig& cfg, const std::strin
       layer->add_adapter(adapter, t.options);  // inactive and frozen unless it is the layer's first
       continue;
     }
-    nn::ModulePtr base = t.module;
-    if (cfg.qlora)
-      if (auto lin = std::dynamic_pointer_cast<nn::Linear>(base)) base = std::make_shared<NF4Linear>(*lin);
-    layer = std::make_shared<LoraLinear>(base, adapter, t.options);
+    layer = std::make_shared<LoraLinear>(t.module, adapter, t.options);
     layer->train(t.module->is_training());
     model.replace_module(t.path, layer);
     if (had_adapters && running != adapter) {

@@ -86,6 +86,7 @@ std::string adapter_config_json(const LoraConfig& cfg, const std::string& base_m
   j["alpha_pattern"] = json::object();
   for (const auto& [k, v] : cfg.alpha_pattern) j["alpha_pattern"][k] = number(v);
   if (cfg.qlora) j["loragrad_qlora"] = true;
+  if (!cfg.base_fingerprint.empty()) j["loragrad_base_fingerprint"] = cfg.base_fingerprint;
   return j.dump(2, ' ', /*ensure_ascii=*/true);  // Python's json.dumps escapes non-ASCII too
 }
 
@@ -271,6 +272,7 @@ LoraConfig parse_adapter_config(const std::string& json_text, const std::string&
     c.unsupported_unless_default(key);
   cfg.base_model_name_or_path = c.string("base_model_name_or_path", "");
   cfg.task_type = c.string("task_type", "");
+  cfg.base_fingerprint = c.string("loragrad_base_fingerprint", "");
   cfg.qlora = c.boolean("loragrad_qlora", false);
   try {
     cfg.validate();
@@ -432,13 +434,17 @@ NamedTensors adapter_state_dict(const nn::Module& model, const std::string& adap
 
 // ============================ directories ============================
 
-void save_adapter(const nn::Module& model, const std::string& dir, const std::string& adapter, bool overwrite) {
+void save_adapter(const nn::Module& model, const std::string& dir, const std::string& adapter, bool overwrite,
+                  const AdapterProvenance& provenance) {
   const std::string where = "save_adapter(" + dir + ")";
   const fs::path final_dir(dir);
   if (fs::exists(final_dir) && !overwrite)
     throw IOError(where + ": " + dir + " already exists (pass overwrite = true to replace it)");
   // Everything is computed before anything is written.
-  const LoraConfig cfg = adapter_config(model, adapter);
+  LoraConfig cfg = adapter_config(model, adapter);
+  cfg.base_model_name_or_path = provenance.base_model_name_or_path;
+  cfg.task_type = provenance.task_type;
+  cfg.base_fingerprint = provenance.base_fingerprint;
   NamedTensors tensors = adapter_state_dict(model, adapter);
   {
     NoGradGuard no_grad;

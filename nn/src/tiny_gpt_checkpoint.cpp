@@ -1,5 +1,6 @@
 // TinyGPT checkpoints: one safetensors file with the spec's parameter names
 // and the hyper-parameters as string metadata.
+#include <cstdio>
 #include <map>
 #include <set>
 #include <string>
@@ -99,6 +100,24 @@ std::shared_ptr<TinyGPT> TinyGPT::load(const std::string& path, DType dt, double
   auto model = std::make_shared<TinyGPT>(config);
   load_into(*model, file);
   return model;
+}
+
+std::string fingerprint(const NamedTensors& tensors) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a, 64 bits
+  auto mix = [&h](const void* p, size_t n) {
+    const auto* b = static_cast<const unsigned char*>(p);
+    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ULL;
+  };
+  for (const auto& [name, t] : tensors) {
+    mix(name.data(), name.size() + 1);  // with the terminating NUL: names cannot run together
+    const char* dt = dtype_name(t.dtype());
+    mix(dt, std::char_traits<char>::length(dt));
+    for (int64_t d : t.shape()) mix(&d, sizeof d);
+    mix(t.raw_data(), t.nbytes());
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h));
+  return buf;
 }
 
 }  // namespace loragrad::nn

@@ -26,6 +26,7 @@
 
 #include "loragrad/lora/lora_config.hpp"
 #include "loragrad/lora/lora_linear.hpp"
+#include "loragrad/nn/layers.hpp"
 #include "loragrad/nn/module.hpp"
 
 namespace loragrad::lora {
@@ -59,12 +60,17 @@ struct LoraConfig {
   std::vector<std::string> modules_to_save;
   std::string bias = "none";    // the only value supported
   bool fan_in_fan_out = false;  // the only value supported ((out, in) weights)
-  // loragrad's own: quantise each targeted nn::Linear base to NF4 before
-  // wrapping it (QLoRA). Written to adapter_config.json as "loragrad_qlora"
-  // only when true (PEFT ignores keys it does not know).
+  // loragrad's own: QLoRA. The whole frozen base goes to NF4 (double
+  // quantised) before the adapters are added: every nn::Linear but lm_head,
+  // whatever the targets, as bitsandbytes' load_in_4bit does. Written to
+  // adapter_config.json as "loragrad_qlora" only when true (PEFT ignores keys
+  // it does not know).
   bool qlora = false;
   std::string base_model_name_or_path;  // free text; "" is written as null
   std::string task_type;                // "" is written as null; e.g. "CAUSAL_LM"
+  // loragrad's own: the base checkpoint's fingerprint (nn::fingerprint), so
+  // an adapter loaded onto another base can be noticed. "" is not written.
+  std::string base_fingerprint;
   uint64_t seed = 0;                    // initial A/B draws (each module gets its own stream)
 
   // Throws ValueError naming the field: r, alpha, dropout ranges, empty or
@@ -149,5 +155,15 @@ nn::NamedModules target_candidates(const nn::Module& model);
 
 // ["a", "b"] -> "['a', 'b']", for messages.
 std::string quoted_list(const std::vector<std::string>& names);
+
+// The nn::Linear layers QLoRA quantises (path, layer): every one but lm_head,
+// including the float bases inside LoRA layers.
+std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> quantizable_linears(const nn::Module& model);
+// Replaces each of them by an NF4Linear (blocks of 64, double quantised);
+// returns how many. apply_lora calls it when cfg.qlora.
+int64_t quantize_base_to_nf4(nn::Module& model);
+// (trainable, all) parameters as PEFT's print_trainable_parameters counts
+// them: an NF4 weight counts its in * out logical values, not its packed bytes.
+std::pair<int64_t, int64_t> peft_parameter_counts(const nn::Module& model);
 
 }  // namespace loragrad::lora

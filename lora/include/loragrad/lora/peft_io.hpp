@@ -56,12 +56,20 @@ NamedTensors adapter_state_dict(const nn::Module& model, const std::string& adap
 
 // ---- directories ----
 
+// What an adapter file says about where it came from (the model itself does
+// not know): PEFT's base_model_name_or_path and task_type, and loragrad's
+// fingerprint of the base's tensors ("loragrad_base_fingerprint").
+struct AdapterProvenance {
+  std::string base_model_name_or_path, task_type, base_fingerprint;
+};
+
 // Writes adapter_config.json and adapter_model.safetensors (float32) into
 // `dir`, atomically: both go into "<dir>.tmp.<pid>", which is then renamed to
 // dir. An existing dir is an IOError unless overwrite, which replaces it.
 // Parent directories are created.
 void save_adapter(const nn::Module& model, const std::string& dir, const std::string& adapter = "default",
-                  bool overwrite = false);
+                  bool overwrite = false,
+                  const AdapterProvenance& provenance = {});
 
 // Reads a PEFT (or loragrad) adapter directory into the model as adapter
 // `adapter`: apply_lora with its config, then the saved values. Every tensor

@@ -88,6 +88,12 @@ class TinyGPT : public Module {
   std::shared_ptr<Generator> dropout_gen_;
 };
 
+// A short digest of a model's tensors (names, dtypes, shapes and bytes, in
+// state_dict order): "fnv1a64:" + 16 hex digits. Equal models give equal
+// fingerprints; an adapter records its base's, so that loading it onto
+// another base can be noticed.
+std::string fingerprint(const NamedTensors& tensors);
+
 // The prompt's bytes followed by max_new_bytes sampled ones, as text
 // (TinyGPT::generate in eval mode; the mode is restored). A byte model may
 // emit any byte value: the caller decides how to print it.
