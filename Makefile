@@ -44,3 +44,26 @@ sanitize: deps
 
 clean:
 	rm -rf $(BUILD) build-asan
+
+# libFuzzer harnesses (fuzz/README.md): clang 14 builds the whole library with
+# ASan + UBSan + coverage into $(FUZZ_BUILD), then each harness runs
+# FUZZ_SECONDS; non-zero exit on any finding. `make test` replays the corpus
+# with the normal build. libomp-dev: clang's -fopenmp links LLVM's libomp (and
+# needs its omp.h), not GCC's libgomp.
+FUZZ_DEBS      := clang-14 libclang-rt-14-dev libomp-dev
+FUZZ_BUILD     ?= build-fuzz
+FUZZ_SECONDS   ?= 60
+FUZZ_HARNESSES := safetensors adapter_config adapter_dir
+
+.PHONY: fuzz fuzz-deps fuzz-build
+
+fuzz-deps: deps
+	@missing=""; for p in $(FUZZ_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+fuzz-build: fuzz-deps
+	CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLORAGRAD_FUZZ=ON
+	cmake --build $(FUZZ_BUILD) -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_HARNESSES))
+
+fuzz: fuzz-build
+	fuzz/run_fuzzers.sh $(FUZZ_BUILD) $(FUZZ_SECONDS) $(FUZZ_HARNESSES)

@@ -26,6 +26,10 @@ void Args::option(const std::string& name, const std::string& metavar, const std
   specs_.push_back({name, metavar, help, default_value, true});
 }
 
+void Args::repeatable(const std::string& name, const std::string& metavar, const std::string& help) {
+  specs_.push_back({name, metavar, help, "", true, true});
+}
+
 void Args::flag(const std::string& name, const std::string& help) { specs_.push_back({name, "", help, "", false}); }
 
 const Args::Spec* Args::find(const std::string& name) const {
@@ -67,8 +71,9 @@ bool Args::parse(int argc, char** argv, int first) {
     }
     if (s->takes_value && value.empty() && is_path_metavar(s->metavar))
       throw UsageError(command_ + ": " + name + " expects a path (" + s->metavar + "), got ''");
-    for (auto& [n, v] : values_)
-      if (n == name) throw UsageError(command_ + ": " + name + " given twice");
+    if (!s->repeatable)
+      for (auto& [n, v] : values_)
+        if (n == name) throw UsageError(command_ + ": " + name + " given twice");
     values_.emplace_back(name, value);
   }
   return true;
@@ -150,6 +155,14 @@ std::vector<std::string> Args::list(const std::string& name) const {
   return out;
 }
 
+std::vector<std::string> Args::all(const std::string& name) const {
+  spec(name);
+  std::vector<std::string> out;
+  for (const auto& nv : values_)
+    if (nv.first == name) out.push_back(nv.second);
+  return out;
+}
+
 std::string Args::usage() const {
   std::ostringstream os;
   os << "usage: loragrad " << command_ << " [flags]\n" << summary_ << "\n\nflags:\n";
@@ -164,6 +177,7 @@ std::string Args::usage() const {
     else left += "  ";
     os << left << s.help;
     if (!s.default_value.empty()) os << " (default " << s.default_value << ")";
+    if (s.repeatable) os << " (repeatable)";
     os << "\n";
   }
   if (!epilog_.empty()) os << "\n" << epilog_;

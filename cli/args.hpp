@@ -33,6 +33,8 @@ class Args {
   // until given); it is shown in --help otherwise.
   void option(const std::string& name, const std::string& metavar, const std::string& help,
               const std::string& default_value = "");
+  // A flag with a value that may be given several times (all() has every value, in order).
+  void repeatable(const std::string& name, const std::string& metavar, const std::string& help);
   // A flag without a value.
   void flag(const std::string& name, const std::string& help);
   // Free text appended to --help (examples, notes).
@@ -50,6 +52,8 @@ class Args {
   double real(const std::string& name, double lo, double hi, bool hi_open = false) const;
   // A comma-separated list, each entry non-empty.
   std::vector<std::string> list(const std::string& name) const;
+  // Every value given to a flag, in command-line order (empty when not given).
+  std::vector<std::string> all(const std::string& name) const;
 
   std::string usage() const;
 
@@ -57,6 +61,7 @@ class Args {
   struct Spec {
     std::string name, metavar, help, default_value;
     bool takes_value = true;
+    bool repeatable = false;
   };
   const Spec* find(const std::string& name) const;
   const Spec& spec(const std::string& name) const;

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <iostream>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "loragrad/error.hpp"
 #include "loragrad/files.hpp"
@@ -52,6 +54,24 @@ void check_dir(const std::string& path, const std::string& flag) {
     throw IOError(flag + " " + path + ": not a directory (an adapter is a directory with adapter_config.json)");
 }
 
+void check_adapter_dir(const std::string& path, const std::string& flag) {
+  check_dir(path, flag);
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / "adapter_config.json", ec)) return;
+  std::vector<std::string> named;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec))
+    if (it->is_directory(ec) && fs::exists(it->path() / "adapter_config.json", ec) &&
+        it->path().filename().string().rfind("checkpoint-", 0) != 0)
+      named.push_back(it->path().filename().string());
+  if (named.empty()) return;  // load_adapter says what is missing
+  std::sort(named.begin(), named.end());
+  std::string list;
+  for (const std::string& n : named) list += (list.empty() ? "'" : ", '") + printable(n) + "'";
+  throw IOError(flag + " " + path + ": no adapter_config.json here, but it holds the named adapter" +
+                (named.size() > 1 ? "s " : " ") + list + " (finetune --adapter-name); pass " + flag + " " +
+                (fs::path(path) / named.front()).string());
+}
+
 std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path) {
   check_file(path, "--base");
   auto model = nn::TinyGPT::load(path);
@@ -73,7 +93,7 @@ std::shared_ptr<nn::TinyGPT> load_model(const Args& a) {
   auto model = load_checkpoint(a.str("--base"));
   if (a.given("--adapter")) {
     const std::string dir = a.str("--adapter");
-    check_dir(dir, "--adapter");
+    check_adapter_dir(dir, "--adapter");
     const std::string base_fingerprint = nn::fingerprint(model->state_dict());
     lora::load_adapter(*model, dir, "default", /*is_trainable=*/false);
     warn_if_trained_on_another_base(base_fingerprint, a.str("--base"), dir);

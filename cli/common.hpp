@@ -25,6 +25,10 @@ void check_can_write(const std::string& path, bool force, const std::string& fla
 // IOError naming the flag and path unless it is an existing regular file / directory.
 void check_file(const std::string& path, const std::string& flag);
 void check_dir(const std::string& path, const std::string& flag);
+// check_dir, then: the directory must hold adapter_config.json. When it does
+// not but holds named adapters (finetune --adapter-name NAME writes
+// OUT/NAME/, as PEFT's save_pretrained does), the IOError names them.
+void check_adapter_dir(const std::string& path, const std::string& flag);
 
 // A TinyGPT checkpoint, in eval mode.
 std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path);

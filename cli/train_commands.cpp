@@ -1,10 +1,14 @@
 // loragrad pretrain and loragrad finetune: the two subcommands that train,
 // both through train::Trainer.
+#include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -183,6 +187,145 @@ train::Trainer::Output checkpoint_output(nn::TinyGPT& model) {
           [&model](const std::string& dir) { model.load_weights((fs::path(dir) / "model.safetensors").string()); }};
 }
 
+// --init: PEFT's init_lora_weights values.
+lora::LoraInit parse_init(const std::string& v) {
+  if (v == "true") return lora::LoraInit::standard;
+  if (v == "gaussian") return lora::LoraInit::gaussian;
+  if (v == "pissa") return lora::LoraInit::pissa;
+  if (v == "false") return lora::LoraInit::random;
+  throw UsageError("finetune: --init must be true, gaussian, pissa or false (PEFT's init_lora_weights), got '" + v +
+                   "'");
+}
+
+// A pattern's value: an integer rank in [1, 65536], or a positive finite alpha.
+double pattern_value(const std::string& flag, const std::string& key, const nlohmann::json& v, bool integer) {
+  const std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+  const std::string what = flag + " '" + key + "'";
+  if (integer) {
+    if (v.is_number_integer()) {
+      const int64_t n = v.get<int64_t>();
+      if (n >= 1 && n <= (1 << 16)) return static_cast<double>(n);
+    } else if (v.is_string()) {
+      size_t used = 0;
+      long long n = 0;
+      try {
+        n = std::stoll(text, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (!text.empty() && used == text.size() && n >= 1 && n <= (1 << 16)) return static_cast<double>(n);
+    }
+    throw UsageError("finetune: " + what + ": the rank must be an integer in [1, 65536], got " + text);
+  }
+  double x = NAN;
+  if (v.is_number()) {
+    x = v.get<double>();
+  } else if (v.is_string() && !text.empty() && !std::isspace(static_cast<unsigned char>(text[0]))) {
+    char* end = nullptr;
+    x = std::strtod(text.c_str(), &end);
+    if (end != text.c_str() + text.size()) x = NAN;
+  }
+  if (!(x > 0) || !std::isfinite(x) || x > 1e9)
+    throw UsageError("finetune: " + what + ": alpha must be a positive number up to 1e9, got " + text);
+  return x;
+}
+
+// --rank-pattern / --alpha-pattern: each value "REGEX=VALUE" (split at the
+// last '='), or a JSON object {"REGEX": VALUE, ...}. Sorted by key, as
+// adapter_config.json holds them (PEFT's sort_keys=True): the order a module
+// is matched in is the order it will be matched in after reloading.
+std::vector<std::pair<std::string, double>> pattern_entries(const Args& a, const std::string& flag, bool integer) {
+  std::vector<std::pair<std::string, double>> out;
+  auto add = [&](const std::string& key, const nlohmann::json& v) {
+    if (key.empty()) throw UsageError("finetune: " + flag + ": an empty regex");
+    for (const auto& kv : out)
+      if (kv.first == key) throw UsageError("finetune: " + flag + ": the regex '" + key + "' is given twice");
+    out.push_back({key, pattern_value(flag, key, v, integer)});
+    lora::LoraConfig one;  // the key must compile as PEFT uses it: (.*\.)?(KEY)$
+    one.target_modules = {"x"};
+    one.rank_pattern = {{key, 1}};
+    try {
+      one.validate();
+    } catch (const ValueError& e) {
+      throw UsageError("finetune: " + flag + " '" + key + "' is not a regex loragrad can use: " + e.what());
+    }
+  };
+  const std::string metavar = integer ? "N" : "X";
+  for (const std::string& value : a.all(flag)) {
+    const size_t first = value.find_first_not_of(" \t\n");
+    if (first != std::string::npos && value[first] == '{') {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(value);
+      } catch (const nlohmann::json::exception&) {
+        j = nullptr;
+      }
+      if (!j.is_object() || j.empty())
+        throw UsageError("finetune: " + flag + " expects REGEX=" + metavar + " or a JSON object {\"REGEX\": " + metavar +
+                         ", ...}, got '" + value + "'");
+      for (const auto& [key, v] : j.items()) {
+        if (!v.is_number()) throw UsageError("finetune: " + flag + " '" + key + "': expected a number, got " + v.dump());
+        add(key, v);
+      }
+      continue;
+    }
+    const size_t eq = value.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == value.size())
+      throw UsageError("finetune: " + flag + " expects REGEX=" + metavar + " or a JSON object {\"REGEX\": " + metavar +
+                       ", ...}, got '" + value + "'");
+    add(value.substr(0, eq), nlohmann::json(value.substr(eq + 1)));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  return out;
+}
+
+// An adapter name is a directory name (OUT/NAME) and a key of PEFT's dicts:
+// letters, digits, '_' and '-', and not a name finetune's OUT uses itself.
+void check_adapter_name(const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 64;
+  for (unsigned char c : name) ok = ok && (std::isalnum(c) || c == '_' || c == '-');
+  if (!ok)
+    throw UsageError("finetune: --adapter-name must be 1 to 64 letters, digits, '_' or '-', got '" + name + "'");
+  if (name.rfind("checkpoint-", 0) == 0)
+    throw UsageError("finetune: --adapter-name '" + name + "' would clash with the run's checkpoint-STEP directories");
+}
+
+// How many adapted modules take each pattern's value (a module takes the
+// first key that matches it), so that a regex that matches nothing is seen.
+void print_pattern_matches(const lora::LoraReport& rep, const lora::LoraConfig& cfg) {
+  auto matches = [](const std::string& key, const std::string& path) {
+    lora::LoraConfig one;
+    one.r = 2;
+    one.rank_pattern = {{key, 1}};
+    return one.options_for(path).r == 1;
+  };
+  auto show = [&](const char* what, const std::vector<std::string>& keys, const std::vector<std::string>& values) {
+    std::vector<int> count(keys.size(), 0);
+    for (const lora::AdaptedModule& m : rep.modules)
+      for (size_t i = 0; i < keys.size(); ++i)
+        if (matches(keys[i], m.path)) {
+          ++count[i];
+          break;
+        }
+    for (size_t i = 0; i < keys.size(); ++i)
+      std::cout << what << " '" << keys[i] << "' = " << values[i] << ": " << count[i] << " of "
+                << rep.modules.size() << " adapted modules"
+                << (count[i] == 0 ? " (note: it matches none; a module's whole path must match (.*\\.)?(REGEX)$)"
+                                  : "")
+                << "\n";
+  };
+  std::vector<std::string> keys, values;
+  for (const auto& [k, v] : cfg.rank_pattern) keys.push_back(k), values.push_back(std::to_string(v));
+  show("rank_pattern", keys, values);
+  keys.clear(), values.clear();
+  for (const auto& [k, v] : cfg.alpha_pattern) {
+    std::ostringstream os;
+    os << v;
+    keys.push_back(k), values.push_back(os.str());
+  }
+  show("alpha_pattern", keys, values);
+}
+
 }  // namespace
 
 int run_pretrain(int argc, char** argv) {
@@ -233,24 +376,57 @@ int run_pretrain(int argc, char** argv) {
 int run_finetune(int argc, char** argv) {
   Args a("finetune", "Adapt a TinyGPT checkpoint to a text: a PEFT adapter directory (or, for full, a checkpoint).");
   a.option("--base", "CKPT", "the checkpoint to adapt");
-  a.option("--method", "NAME", "full | lora | loraplus | dora | qlora", "lora");
+  a.option("--method", "NAME", "full | lora | loraplus | dora (= lora --dora) | qlora (= lora --qlora)", "lora");
   a.option("--targets", "LIST", "modules to adapt, comma-separated, or all-linear", "q_proj,v_proj");
   a.option("--r", "N", "LoRA rank", "8");
   a.option("--alpha", "X", "LoRA alpha (scale alpha / r)", "16");
   a.option("--dropout", "P", "dropout on the adapter's input, in [0, 1)", "0");
+  a.flag("--dora", "DoRA (use_dora): a learned magnitude per output row; with --qlora: QDoRA");
+  a.flag("--qlora", "QLoRA: the frozen base in NF4 (every linear layer but lm_head)");
+  a.flag("--rslora", "rsLoRA (use_rslora): scale alpha / sqrt(r) instead of alpha / r");
+  a.option("--init", "NAME", "init_lora_weights: true | gaussian | pissa | false (see below)", "true");
+  a.option("--modules-to-save", "LIST", "modules trained in full and saved with the adapter (e.g. lm_head,ln_f)");
+  a.repeatable("--rank-pattern", "REGEX=N", "rank of the modules whose path matches REGEX (see below)");
+  a.repeatable("--alpha-pattern", "REGEX=X", "alpha of the modules whose path matches REGEX (see below)");
+  a.option("--adapter-name", "NAME", "the adapter's name; another than default is saved in OUT/NAME/", "default");
   a.option("--loraplus-ratio", "X", "LoRA+: lr of B / lr of A", "16");
   a.option("--domain", "NAME", "built-in corpus: stories | recipes | code (instead of --data)");
   add_training_flags(a, "100", "0");
   a.option("--seq", "N", "bytes per sequence (at most the model's block size; default: the block size)");
   a.option("--out", "DIR", "adapter directory to write, with metrics.csv and checkpoint-STEP/ (full: a checkpoint file)");
   a.epilog(
+      "The adapter flags are PEFT's LoraConfig, and go to adapter_config.json under PEFT's names:\n"
+      "  --r r, --alpha lora_alpha, --dropout lora_dropout, --targets target_modules, --dora use_dora,\n"
+      "  --rslora use_rslora, --init init_lora_weights, --modules-to-save modules_to_save,\n"
+      "  --rank-pattern rank_pattern, --alpha-pattern alpha_pattern; --qlora is loragrad_qlora.\n"
+      "--init: true: A random (Kaiming uniform), B = 0; gaussian: A ~ N(0, 1/r), B = 0; false: A and B both\n"
+      "  random (the adapter changes the model from step 0); pissa: A and B from the top-r singular vectors of\n"
+      "  the base weight, which keeps the rest (needs a float base: not with --qlora, as in PEFT).\n"
+      "--rank-pattern / --alpha-pattern: REGEX=VALUE, once per pattern (split at the last '=', so the regex\n"
+      "  may hold ',' and '='), or one JSON object as PEFT's dict: '{\"q_proj\": 4, \"fc_.*\": 16}'.\n"
+      "  A module takes the value of the first key (in sorted order, as adapter_config.json holds them) with\n"
+      "  re.match(rf\"(.*\\.)?({REGEX})$\", path), e.g. fc_in matches blocks.0.mlp.fc_in; others take --r / --alpha.\n"
+      "--method dora, qlora are --method lora with --dora, --qlora; --dora --qlora (or --method dora --qlora)\n"
+      "  is QDoRA; loraplus combines with --dora and --qlora too. --method full takes none of the adapter flags.\n"
+      "--adapter-name: PEFT's save_pretrained writes a non-default adapter into a subdirectory named after it:\n"
+      "  so does finetune (OUT/NAME/adapter_config.json; metrics.csv and checkpoint-STEP/ stay in OUT, and a\n"
+      "  checkpoint holds checkpoint-STEP/NAME/). Load it with --adapter OUT/NAME.\n"
       "learning rates unless --lr: full 2e-3, lora / dora / qlora 2e-2, loraplus 5e-3 (B at 16x: 8e-2).\n"
-      "example:\n  loragrad finetune --base base.safetensors --data notes.txt --method lora --r 8 --out my_adapter\n");
+      "example:\n  loragrad finetune --base base.safetensors --data notes.txt --method lora --r 8 --out my_adapter\n"
+      "  loragrad finetune --base base.safetensors --data notes.txt --dora --qlora --rslora \\\n"
+      "                    --rank-pattern 'fc_.*=16' --out my_qdora\n");
   if (!a.parse(argc, argv)) return 0;
 
   const std::string method = a.str("--method");
   if (method != "full" && method != "lora" && method != "loraplus" && method != "dora" && method != "qlora")
     throw UsageError("finetune: unknown --method '" + method + "' (full, lora, loraplus, dora or qlora)");
+  const bool whole_model = method == "full";
+  for (const char* flag : {"--targets", "--r", "--alpha", "--dropout", "--dora", "--qlora", "--rslora", "--init",
+                           "--modules-to-save", "--rank-pattern", "--alpha-pattern", "--adapter-name"})
+    if (whole_model && a.given(flag))
+      throw UsageError(std::string("finetune: ") + flag + " is for the adapter methods, not --method full");
+  if (method != "loraplus" && a.given("--loraplus-ratio"))
+    throw UsageError("finetune: --loraplus-ratio is for --method loraplus");
   const std::string base = a.str("--base"), out = a.str("--out");
   const int64_t r = a.integer("--r", 1, 1 << 16);
   const double alpha = a.real("--alpha", 0, 1e9);
@@ -258,21 +434,54 @@ int run_finetune(int argc, char** argv) {
   const double dropout = a.real("--dropout", 0, 1, /*hi_open=*/true);
   const double ratio = a.real("--loraplus-ratio", 0, 1e9);
   if (!(ratio > 0)) throw UsageError("finetune: --loraplus-ratio must be positive, got " + a.str("--loraplus-ratio"));
-  const double lr = learning_rate(a, method);
+  const bool loraplus = method == "loraplus";
+  const bool dora = method == "dora" || a.is_set("--dora");
+  const bool qlora = method == "qlora" || a.is_set("--qlora");
+  // One name per combination, for the progress bar and the run's identity:
+  // "--method dora" and "--method lora --dora" are the same run.
+  const std::string variant = dora && qlora ? "qdora" : dora ? "dora" : qlora ? "qlora" : "";
+  const std::string label = whole_model ? "full"
+                            : loraplus  ? (variant.empty() ? "loraplus" : "loraplus+" + variant)
+                                        : (variant.empty() ? "lora" : variant);
+  const double lr = learning_rate(a, loraplus ? "loraplus" : method);
   const double weight_decay = a.real("--weight-decay", 0, 10);
   const std::vector<std::string> targets = a.list("--targets");
   if (!a.given("--data") && !a.given("--domain"))
     throw UsageError("finetune: give the text to adapt to: --data FILE or --domain stories|recipes|code");
   const int64_t seq_flag = a.given("--seq") ? a.integer("--seq", 1, 1 << 16) : 0;
   train::TrainConfig tc = trainer_config(a, seq_flag);
-  tc.label = method;
-  const bool whole_model = method == "full";
-  for (const char* flag : {"--targets", "--r", "--alpha", "--dropout"})
-    if (whole_model && a.given(flag))
-      throw UsageError(std::string("finetune: ") + flag + " is for the adapter methods, not --method full");
-  if (method != "loraplus" && a.given("--loraplus-ratio"))
-    throw UsageError("finetune: --loraplus-ratio is for --method loraplus");
+  tc.label = label;
   tc.out_dir = whole_model ? run_dir_for_file(out) : out;
+
+  // The adapter's LoraConfig, every flag checked before any work.
+  lora::LoraConfig cfg;
+  std::string adapter_name = "default";
+  if (!whole_model) {
+    cfg.r = r;
+    cfg.lora_alpha = alpha;
+    cfg.lora_dropout = dropout;
+    cfg.target_modules = targets;
+    cfg.use_dora = dora;
+    cfg.qlora = qlora;
+    cfg.use_rslora = a.is_set("--rslora");
+    cfg.init_lora_weights = parse_init(a.str("--init"));
+    if (cfg.init_lora_weights == lora::LoraInit::pissa && qlora)
+      throw UsageError("finetune: --init pissa needs a float base, not --qlora (PEFT refuses PiSSA on a 4-bit base "
+                       "too: its SVD is of the full-precision weight)");
+    if (a.given("--modules-to-save")) cfg.modules_to_save = a.list("--modules-to-save");
+    for (const auto& [key, value] : pattern_entries(a, "--rank-pattern", /*integer=*/true))
+      cfg.rank_pattern.push_back({key, static_cast<int64_t>(value)});
+    for (const auto& [key, value] : pattern_entries(a, "--alpha-pattern", /*integer=*/false))
+      cfg.alpha_pattern.push_back({key, value});
+    cfg.seed = tc.seed;
+    try {
+      cfg.validate();
+    } catch (const ValueError& e) {
+      throw UsageError(std::string("finetune: ") + e.what());
+    }
+    adapter_name = a.str("--adapter-name");
+    check_adapter_name(adapter_name);
+  }
   set_threads(a);
 
   // Every input is read before anything is printed or trained.
@@ -280,14 +489,14 @@ int run_finetune(int argc, char** argv) {
   if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
   check_out(a, out);
   auto model = load_checkpoint(base);
-  const lora::AdapterProvenance provenance{base, "CAUSAL_LM", nn::fingerprint(model->state_dict())};
+  lora::AdapterProvenance provenance{base, "CAUSAL_LM", nn::fingerprint(model->state_dict()), std::nullopt};
   const int64_t block = model->config().block_size;
   if (seq_flag > block)
     throw UsageError("finetune: --seq " + std::to_string(seq_flag) + " exceeds the checkpoint's block size " +
                      std::to_string(block));
   if (seq_flag == 0) tc.seq = block;
 
-  nlohmann::json identity = {{"method", method}};
+  nlohmann::json identity = {{"method", label}};
   std::unique_ptr<AdamW> opt;
   train::Trainer::Output output;
   if (whole_model) {
@@ -297,24 +506,31 @@ int run_finetune(int argc, char** argv) {
     std::cout << "full fine-tuning: " << with_commas(model->num_parameters(true)) << " trainable parameters, lr "
               << lr << "\n";
   } else {
-    lora::LoraConfig cfg;
-    cfg.r = r;
-    cfg.lora_alpha = alpha;
-    cfg.lora_dropout = dropout;
-    cfg.target_modules = targets;
-    cfg.use_dora = method == "dora";
-    cfg.qlora = method == "qlora";
-    cfg.seed = tc.seed;
-    cfg.validate();
-    const lora::LoraReport rep = lora::apply_lora(*model, cfg);
-    std::cout << method << ": " << rep.modules.size() << " adapted modules, r " << r << ", alpha " << alpha << ", lr "
-              << lr << "\n"
+    const lora::LoraReport rep = lora::apply_lora(*model, cfg, adapter_name);
+    provenance.requested = cfg;
+    lora::LoraOptions o;
+    o.r = r;
+    o.alpha = alpha;
+    o.use_rslora = cfg.use_rslora;
+    std::cout << label << ": " << rep.modules.size() << " adapted modules, r " << r << ", alpha " << alpha
+              << ", scale " << o.scale() << (cfg.use_rslora ? " (rsLoRA: alpha / sqrt(r))" : " (alpha / r)")
+              << ", init " << lora::lora_init_name(cfg.init_lora_weights) << ", lr " << lr << "\n"
               << rep.summary() << "\n";
+    if (!rep.modules_to_save.empty()) std::cout << "modules_to_save: " << lora::quoted_list(rep.modules_to_save) << "\n";
+    print_pattern_matches(rep, cfg);
     identity["targets"] = targets;
     identity["r"] = r;
     identity["alpha"] = alpha;
     identity["dropout"] = dropout;
-    if (method == "loraplus") {
+    identity["rslora"] = cfg.use_rslora;
+    identity["init"] = lora::lora_init_name(cfg.init_lora_weights);
+    identity["modules_to_save"] = cfg.modules_to_save;
+    identity["rank_pattern"] = nlohmann::json::array();
+    for (const auto& [key, value] : cfg.rank_pattern) identity["rank_pattern"].push_back({key, value});
+    identity["alpha_pattern"] = nlohmann::json::array();
+    for (const auto& [key, value] : cfg.alpha_pattern) identity["alpha_pattern"].push_back({key, value});
+    identity["adapter_name"] = adapter_name;
+    if (loraplus) {
       identity["loraplus_ratio"] = ratio;
       opt = std::make_unique<AdamW>(lora::loraplus_param_groups(*model, lr, ratio, weight_decay));
     } else {
@@ -323,8 +539,12 @@ int run_finetune(int argc, char** argv) {
         if (p.requires_grad()) trainable.push_back(p);
       opt = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup("adapter", trainable, lr, weight_decay)});
     }
-    output = {[&model, &provenance](const std::string& dir) { lora::save_adapter(*model, dir, "default", true, provenance); },
-              [&model](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    output = {[&model, &provenance, adapter_name](const std::string& dir) {
+                lora::save_adapter(*model, lora::adapter_subdir(dir, adapter_name), adapter_name, true, provenance);
+              },
+              [&model, adapter_name](const std::string& dir) {
+                lora::load_adapter_weights(*model, lora::adapter_subdir(dir, adapter_name), adapter_name);
+              }};
   }
   print_texts(texts, tc.seq);
   train::Trainer trainer(*model, *opt, texts.train, texts.val, tc, output, identity);
@@ -342,7 +562,7 @@ int run_finetune(int argc, char** argv) {
   const std::string staged = temporary_path(out);
   remove_stale_temporaries(out);
   fs::remove_all(staged);
-  lora::save_adapter(*model, staged, "default", true, provenance);
+  lora::save_adapter(*model, lora::adapter_subdir(staged, adapter_name), adapter_name, true, provenance);
   std::error_code ec;
   if (fs::is_directory(out, ec))
     for (const auto& e : fs::directory_iterator(out)) {
@@ -353,7 +573,11 @@ int run_finetune(int argc, char** argv) {
       }
     }
   replace_directory(staged, out, "finetune --out");
-  std::cout << "adapter: " << out << "/ (adapter_config.json, adapter_model.safetensors, metrics.csv)\n";
+  if (adapter_name == "default")
+    std::cout << "adapter: " << out << "/ (adapter_config.json, adapter_model.safetensors, metrics.csv)\n";
+  else
+    std::cout << "adapter '" << adapter_name << "': " << lora::adapter_subdir(out, adapter_name)
+              << "/ (adapter_config.json, adapter_model.safetensors; metrics.csv in " << out << "/)\n";
   return 0;
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <string_view>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,7 +46,7 @@ Tensor tokens_of(const std::string& text) {
 double mean_loss(nn::TinyGPT& model, const std::string& text) {
   const int64_t block = model.config().block_size;
   const int64_t n = static_cast<int64_t>(text.size());
-  if (n < 2) throw ValueError("eval: the text must hold at least 2 bytes, it holds " + std::to_string(n));
+  if (n < 2) throw ValueError("the text must hold at least 2 bytes, it holds " + std::to_string(n));
   NoGradGuard no_grad;
   double total = 0;
   int64_t count = 0;
@@ -57,11 +58,6 @@ double mean_loss(nn::TinyGPT& model, const std::string& text) {
     count += t;
   }
   return total / static_cast<double>(count);
-}
-
-std::string read_text(const std::string& path, const std::string& flag) {
-  check_file(path, flag);
-  return std::string(ByteDataset::from_file(path, 0.0).text());
 }
 
 }  // namespace
@@ -188,7 +184,7 @@ int run_info(int argc, char** argv) {
   auto model = load_checkpoint(base);
   lora::LoraConfig cfg;
   if (has_adapter) {
-    check_dir(adapter_dir, "--adapter");
+    check_adapter_dir(adapter_dir, "--adapter");
     // Trainable as finetune would leave it: the adapter (and modules_to_save), not the base.
     lora::load_adapter(*model, adapter_dir, "default", /*is_trainable=*/true);
     model->eval();
@@ -256,12 +252,29 @@ int run_info(int argc, char** argv) {
     row("adapter", with_commas(t.adapter), fbytes(t.adapter_bytes));
     row("  grads + AdamW m, v", "", fbytes(train_state));
     row("total", with_commas(t.params), fbytes(t.bytes));
-    std::cout << "\nadapter: " << adapter_dir << ": r " << cfg.r << ", alpha " << cfg.lora_alpha
-              << (cfg.use_dora ? ", DoRA" : "") << (cfg.qlora ? ", QLoRA (NF4 base)" : "") << ", " << n_layers
-              << " adapted modules (";
+    lora::LoraOptions o;
+    o.r = cfg.r;
+    o.alpha = cfg.lora_alpha;
+    o.use_rslora = cfg.use_rslora;
+    std::cout << "\nadapter: " << adapter_dir << ": r " << cfg.r << ", alpha " << cfg.lora_alpha << ", scale "
+              << o.scale() << (cfg.use_rslora ? " (rsLoRA: alpha / sqrt(r))" : " (alpha / r)")
+              << (cfg.use_dora ? ", DoRA" : "") << (cfg.qlora ? ", QLoRA (NF4 base)" : "");
+    if (cfg.init_lora_weights != lora::LoraInit::standard)
+      std::cout << ", init " << lora::lora_init_name(cfg.init_lora_weights);
+    std::cout << ", " << n_layers << " adapted modules (";
     for (size_t i = 0; i < cfg.target_modules.size(); ++i)
       std::cout << (i ? "," : "") << printable(cfg.target_modules[i]);  // text from a file
     std::cout << ")\n";
+    // Text from a file: printable() keeps control bytes off the terminal.
+    if (!cfg.modules_to_save.empty()) {
+      std::cout << "modules_to_save: ";
+      for (size_t i = 0; i < cfg.modules_to_save.size(); ++i)
+        std::cout << (i ? "," : "") << printable(cfg.modules_to_save[i]);
+      std::cout << "\n";
+    }
+    for (const auto& [key, value] : cfg.rank_pattern) std::cout << "rank_pattern '" << printable(key) << "': " << value << "\n";
+    for (const auto& [key, value] : cfg.alpha_pattern)
+      std::cout << "alpha_pattern '" << printable(key) << "': " << value << "\n";
   } else {
     row("  grads + AdamW m, v", "", fbytes(train_state) + "   (full fine-tuning)");
     std::cout << "\n";
@@ -282,14 +295,27 @@ int run_eval(int argc, char** argv) {
                  "block size, each starting a fresh context.");
   add_model_flags(a);
   a.option("--data", "FILE", "text file to score");
+  a.option("--split", "NAME", "the part of --data to score: train | val | all (see below)", "all");
+  a.option("--val-fraction", "X", "with --split train|val: finetune's --val-fraction, in [0, 0.5]", "0.1");
   a.option("--dump-logits", "OUT", "write logits (1, t, 256) and tokens (1, t) to this .safetensors file");
   a.option("--tokens", "TEXT", "the input text for --dump-logits");
   a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
   a.flag("--force", "replace an existing --dump-logits file");
+  a.epilog("--split val scores the last --val-fraction of --data's bytes (floor(size * X) of them), the part\n"
+           "finetune --data FILE --val-fraction X held out and validated on; --split train the rest, what it\n"
+           "trained on; --split all (the default) every byte.\n"
+           "example:\n  loragrad eval --base base.safetensors --adapter my_adapter --data notes.txt --split val\n");
   if (!a.parse(argc, argv)) return 0;
   const bool dump = a.given("--dump-logits");
   if (dump != a.given("--tokens")) throw UsageError("eval: --dump-logits OUT and --tokens TEXT go together");
   if (!dump && !a.given("--data")) throw UsageError("eval: give --data FILE (or --dump-logits OUT --tokens TEXT)");
+  const std::string split = a.str("--split");
+  if (split != "train" && split != "val" && split != "all")
+    throw UsageError("eval: --split must be train, val or all, got '" + split + "'");
+  if (a.given("--split") && !a.given("--data")) throw UsageError("eval: --split is for --data FILE");
+  if (a.given("--val-fraction") && split == "all")
+    throw UsageError("eval: --val-fraction is for --split train or val (--split all scores every byte)");
+  const double fraction = split == "all" ? 0.0 : a.real("--val-fraction", 0, 0.5);
   // Every command-line mistake before any work or output.
   (void)a.str("--base");  // required: a UsageError when absent
   const std::string out = dump ? a.str("--dump-logits") : "";
@@ -303,13 +329,29 @@ int run_eval(int argc, char** argv) {
   if (dump) check_can_write(out, a.is_set("--force"), "--dump-logits");
 
   if (a.given("--data")) {
-    const std::string text = read_text(a.str("--data"), "--data");
+    const std::string path = a.str("--data");
+    check_file(path, "--data");
+    // The split rule of finetune --data FILE --val-fraction X: ByteDataset's
+    // validation part is the last floor(size * X) bytes, training the rest.
+    const ByteDataset data = ByteDataset::from_file(path, fraction);
+    const std::string text(split == "all" ? std::string_view(data.text())
+                                          : data.bytes(split == "val" ? Split::validation : Split::train));
+    if (text.size() < 2)
+      throw ValueError("--split " + split + " of " + path + " holds " + std::to_string(text.size()) +
+                       " bytes (--val-fraction " + a.str("--val-fraction") + " of " +
+                       std::to_string(data.text().size()) + "): at least 2 are needed to score a prediction");
     const double loss = mean_loss(*model, text);
     if (!std::isfinite(loss))
       throw ValueError("the loss is " + std::to_string(loss) + ": the model's logits are not finite (NaN/Inf "
                        "or huge values in the weights, or an adapter scale lora_alpha / r that overflows)");
     std::cout << "loss " << fixed(loss, 6) << " nats/byte over " << text.size() - 1 << " predictions ("
               << fixed(loss / std::log(2.0), 4) << " bits/byte)\n";
+    if (split != "all") {
+      const size_t n = data.text().size(), first = split == "val" ? n - text.size() : 0;
+      std::cout << "split " << split << ": bytes [" << first << ", " << first + text.size() << ") of " << n
+                << " (--val-fraction " << a.str("--val-fraction") << ": the " << (split == "val" ? "last " : "first ")
+                << text.size() << " bytes)\n";
+    }
   }
   if (dump) {
     NoGradGuard no_grad;
@@ -321,28 +363,74 @@ int run_eval(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// The fixed input merge measures logits on: the block size's worth of an
+// ordinary sentence (byte ids), the same for every run.
+Tensor probe_tokens(int64_t block) {
+  const std::string sentence = "The quick brown fox jumps over the lazy dog; a recipe: whisk 2 eggs, add flour. ";
+  std::string text;
+  while (static_cast<int64_t>(text.size()) < block) text += sentence;
+  return tokens_of(text.substr(0, static_cast<size_t>(block)));
+}
+
+std::vector<double> logits_of(nn::TinyGPT& model, const Tensor& idx) {
+  NoGradGuard no_grad;
+  return model.forward(idx).to_vector();
+}
+
+}  // namespace
+
 int run_merge(int argc, char** argv) {
-  Args a("merge", "Merge an adapter into its base (merge_and_unload): a standalone TinyGPT checkpoint.");
+  Args a("merge", "Merge an adapter into its base (merge_and_unload): a standalone TinyGPT checkpoint of float32\n"
+                  "weights. A QLoRA adapter's NF4 base is dequantised and the adapter added in float32, with no\n"
+                  "second rounding, unless --requantize. Prints the merged model's largest |logit| difference to\n"
+                  "base + adapter on a fixed probe (the block size's worth of one sentence).");
   add_model_flags(a, true);
   a.option("--out", "CKPT", "checkpoint file to write");
+  a.flag("--requantize", "QLoRA: round the merged weights to NF4 again, as PEFT does (lossy)");
   a.flag("--force", "replace an existing --out");
   if (!a.parse(argc, argv)) return 0;
   const std::string out = a.str("--out");
   (void)a.str("--base");
   (void)a.str("--adapter");  // required here: a UsageError when absent
+  const bool requantize = a.is_set("--requantize");
   check_can_write(out, a.is_set("--force"), "--out");
   auto model = load_model(a);
-  const lora::MergeReport rep = lora::merge_and_unload(*model);
-  // A QLoRA base comes back as NF4: the checkpoint holds dense float32 weights.
+  bool nf4_base = false;
+  for (const auto& [path, layer] : lora::lora_layers(*model)) nf4_base = nf4_base || layer->base_is_nf4();
+  if (requantize && !nf4_base)
+    throw UsageError("merge: --requantize is for a QLoRA adapter (an NF4 base); " + a.str("--adapter") +
+                     " has a float base, which merging keeps float");
+  const Tensor probe = probe_tokens(model->config().block_size);
+  const std::vector<double> before = logits_of(*model, probe);
+
+  const lora::MergeReport rep = lora::merge_and_unload(*model, requantize);
+  // NF4 layers (requantised ones, and a QLoRA base's layers without an
+  // adapter) go to the checkpoint as their exact float32 dequantisation.
   for (const auto& [path, m] : model->named_modules())
     if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(m))
       model->replace_module(path, std::make_shared<nn::Linear>(q->dequantize(), q->bias));
+  model->eval();
+  const std::vector<double> after = logits_of(*model, probe);
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    diff = std::max(diff, std::abs(after[i] - before[i]));
+    scale = std::max(scale, std::abs(before[i]));
+  }
   if (fs::path(out).has_parent_path()) fs::create_directories(fs::path(out).parent_path());
   model->save(out);
   std::cout << "merged " << rep.merged.size() << " layers";
-  if (rep.max_requantization_error > 0)
-    std::cout << " (NF4 requantisation error up to " << rep.max_requantization_error << ")";
-  std::cout << "\ncheckpoint: " << out << "\n";
+  if (!nf4_base) std::cout << " (float base)";
+  else if (requantize) std::cout << " into NF4 again (--requantize)";
+  else std::cout << " into float32 weights (dequantised NF4 base + adapter, no requantisation)";
+  std::cout << "\n";
+  if (requantize)
+    std::cout << "requantisation error: max |NF4(merged W) - merged W| = " << rep.max_requantization_error
+              << " over the merged weights\n";
+  std::cout << "max |logit difference| to base + adapter: " << diff << " (largest |logit| " << fixed(scale, 3)
+            << "; probe: " << probe.size(1) << " bytes)\n";
+  std::cout << "checkpoint: " << out << "\n";
   return 0;
 }
 

@@ -9,8 +9,9 @@
 # class for every subcommand: unknown flag, missing value, wrong type, out of
 # range, empty path, mutually exclusive flags); a tiny pretrain -> finetune
 # (LoRA, on a text file) -> info (table and --json, which must agree) ->
-# generate (terminal-safe and --raw) -> eval -> merge run works; an existing
-# output is not overwritten without --force.
+# generate (terminal-safe and --raw) -> eval (and eval --split) -> merge run
+# works (QLoRA / QDoRA: float32 merge, and --requantize); an existing output
+# is not overwritten without --force.
 set -u
 L=${1:?usage: test_cli.sh path/to/loragrad}
 T=$(mktemp -d "${TMPDIR:-/tmp}/loragrad_cli.XXXXXX")
@@ -126,6 +127,7 @@ done >"$T/text.txt"
 ok "pretrain" -- "$L" pretrain --domain code $tiny --d-model 16 --layers 1 --heads 2 --out "$B"
 [ -s "$B" ] || fail "pretrain wrote no checkpoint at $B"
 ok "finetune lora" -- "$L" finetune --base "$B" --method lora --r 4 --alpha 8 --data "$T/text.txt" $tiny --out "$T/ad"
+texts_line=$(grep '^text: ' "$T/out")  # "text: N training bytes, M validation bytes; ..."
 [ -s "$T/ad/adapter_config.json" ] && [ -s "$T/ad/adapter_model.safetensors" ] || fail "finetune wrote no adapter in $T/ad"
 if ok "info" -- "$L" info --base "$B" --adapter "$T/ad"; then
   grep -q "trainable: 256 of" "$T/out" || fail "info: expected 256 trainable parameters (2 modules x r 4 x (16 + 16)): $(cat "$T/out")"
@@ -185,6 +187,57 @@ for m in loraplus dora qlora; do
   ok "finetune $m" -- "$L" finetune --base "$B" --method $m --targets all-linear --data "$T/text.txt" $tiny --out "$T/ad_$m"
   ok "merge $m" -- "$L" merge --base "$B" --adapter "$T/ad_$m" --out "$T/merged_$m.safetensors"
 done
+
+# ---- eval --split: exactly the bytes finetune trained on (train) and validated on (val) ----
+loss_of() { sed -n 's/^loss \([0-9.]*\) .*/\1/p' "$T/out"; }
+size=$(wc -c <"$T/text.txt")
+nval=$(echo "$texts_line" | sed -n 's/^text: [0-9]* training bytes, \([0-9]*\) validation bytes.*/\1/p')
+ntrain=$((size - ${nval:-0}))
+head -c "$ntrain" "$T/text.txt" >"$T/part_train.txt"
+tail -c "${nval:-0}" "$T/text.txt" >"$T/part_val.txt"
+for s in train val; do
+  if ok "eval --split $s" -- "$L" eval --base "$B" --adapter "$T/ad" --data "$T/text.txt" --split $s; then
+    got=$(loss_of)
+    if [ $s = val ]; then
+      grep -q "^split val: bytes \[$ntrain, $size) of $size (--val-fraction 0.1: the last $nval bytes)$" "$T/out" ||
+        fail "eval --split val: not finetune's $nval validation bytes: $(grep '^split' "$T/out")"
+    fi
+    ok "eval the $s bytes as a file" -- "$L" eval --base "$B" --adapter "$T/ad" --data "$T/part_$s.txt"
+    [ -n "$got" ] && [ "$got" = "$(loss_of)" ] || fail "eval --split $s: loss $got, the same bytes in a file: $(loss_of)"
+  fi
+done
+ok "eval --split all" -- "$L" eval --base "$B" --adapter "$T/ad" --data "$T/text.txt" --split all
+[ "$(loss_of)" = "${adapted:-x}" ] || fail "eval --split all: $(loss_of), without --split: ${adapted:-?}"
+n20=$(awk -v n="$size" 'BEGIN { printf "%d", int(n * 0.2) }')
+if ok "eval --split val --val-fraction 0.2" -- "$L" eval --base "$B" --data "$T/text.txt" --split val --val-fraction 0.2; then
+  grep -q "the last $n20 bytes)$" "$T/out" || fail "--val-fraction 0.2: expected the last $n20 bytes: $(grep '^split' "$T/out")"
+fi
+err "eval: --split val of nothing" 1 "--split val of .* holds 0 bytes" -- \
+  "$L" eval --base "$B" --data "$T/text.txt" --split val --val-fraction 0
+
+# ---- merging a QLoRA (and QDoRA) adapter: float32 by default, NF4 again with --requantize ----
+diff_of() { sed -n 's/^max |logit difference| to base + adapter: \([-+.e0-9]*\) .*/\1/p' "$T/out"; }
+ok "finetune --dora --qlora" -- "$L" finetune --base "$B" --dora --qlora --targets all-linear --data "$T/text.txt" $tiny --out "$T/ad_qdora"
+for m in qlora qdora; do
+  ok "eval $m" -- "$L" eval --base "$B" --adapter "$T/ad_$m" --data "$T/text.txt"
+  unmerged=$(loss_of)
+  if ok "merge $m (float32)" -- "$L" merge --base "$B" --adapter "$T/ad_$m" --out "$T/mf_$m.safetensors"; then
+    grep -q "^merged 6 layers into float32 weights" "$T/out" || fail "merge $m: $(head -1 "$T/out")"
+    grep -q "^requantisation error" "$T/out" && fail "merge $m: a requantisation without --requantize"
+    float_diff=$(diff_of)
+    awk -v d="${float_diff:-x}" 'BEGIN { exit !(d != "x" && d + 0 < 1e-4) }' || fail "merge $m: logit difference '$float_diff'"
+  fi
+  ok "eval merged $m" -- "$L" eval --base "$T/mf_$m.safetensors" --data "$T/text.txt"
+  awk -v a="${unmerged:-x}" -v m="$(loss_of)" 'BEGIN { d = a - m; if (d < 0) d = -d; exit !(a != "x" && m != "" && d < 2e-5) }' ||
+    fail "merge $m: merged loss $(loss_of), base + adapter $unmerged"
+  if ok "merge $m --requantize" -- "$L" merge --base "$B" --adapter "$T/ad_$m" --out "$T/mq_$m.safetensors" --requantize; then
+    rq=$(sed -n 's/^requantisation error: .* = \([-+.e0-9]*\) over the merged weights$/\1/p' "$T/out")
+    awk -v e="${rq:-0}" -v d="$(diff_of)" -v f="${float_diff:-1}" 'BEGIN { exit !(e > 0 && d > f) }' ||
+      fail "merge $m --requantize: requantisation error '$rq', logit difference $(diff_of) (float32: $float_diff)"
+  fi
+done
+err "merge --requantize of a float adapter" 2 "--requantize is for a QLoRA adapter" -- \
+  "$L" merge --base "$B" --adapter "$T/ad" --requantize --out "$T/new"
 if ok "info qlora" -- "$L" info --base "$B" --adapter "$T/ad_qlora"; then
   grep -q "NF4" "$T/out" || fail "info: a QLoRA adapter's base is not reported as NF4: $(cat "$T/out")"
   cp "$T/out" "$T/info.txt"
@@ -290,6 +343,11 @@ err "pretrain: --data and --domain" 2 "pretrain: give --data FILE or --domain NA
 err "finetune: --data and --domain" 2 "finetune: give --data FILE or --domain NAME, not both" -- "$L" finetune $F --domain code
 err "eval: --tokens without --dump-logits" 2 "eval: --dump-logits OUT and --tokens TEXT go together" -- \
   "$L" eval --base "$B" --tokens hi
+err "eval: unknown --split" 2 "eval: --split must be train, val or all" -- "$L" eval --base "$B" --data "$T/text.txt" --split test
+err "eval: --val-fraction with --split all" 2 "eval: --val-fraction is for --split train or val" -- \
+  "$L" eval --base "$B" --data "$T/text.txt" --val-fraction 0.2
+err "eval: --val-fraction 0.6" 2 "eval: --val-fraction must be in" -- "$L" eval --base "$B" --data "$T/text.txt" --split val --val-fraction 0.6
+err "eval: --split without --data" 2 "eval: --split is for --data" -- "$L" eval --base "$B" --split val --dump-logits "$T/new" --tokens a
 err "eval: an empty --tokens" 2 "eval: --tokens must hold at least one byte" -- \
   "$L" eval --base "$B" --data "$T/text.txt" --dump-logits "$T/new" --tokens ""
 # the command itself

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Training through the command line (train::Trainer): exact resume, refused
-# resumes, validation and metrics.csv, --val-data, early stopping, and the
-# per-method default learning rates beating the unigram baseline (~40 s).
+# resumes, validation and metrics.csv, --val-data, early stopping, the
+# per-method default learning rates beating the unigram baseline, and the
+# whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA,
+# modules_to_save, rank / alpha patterns, named adapters) (~60 s).
 #
 #   sh tests/test_cli_train.sh path/to/loragrad
 set -u
@@ -102,6 +104,140 @@ fi
 if ok "info of a qlora adapter (targets q_proj, v_proj)" -- "$L" info --base "$B" --adapter "$T/ft_qlora" --json; then
   [ "$(grep -c '"storage": "nf4"' "$T/out")" -eq 12 ] || fail "qlora: $(grep -c '"storage": "nf4"' "$T/out") NF4 weights, expected 12 (2 blocks x 6 linears)"
 fi
+
+# ---- the whole LoraConfig on the command line, under PEFT's names (issue 9) ----
+# adapter_config.json with every blank and newline removed: '"rank_pattern":{"fc_.*":16,"q_proj":4}'
+flat() { tr -d ' \n' <"$1/adapter_config.json"; }
+has_cfg() {  # DIR TEXT WHAT: the flattened config holds TEXT
+  checks=$((checks + 1))
+  flat "$1" | grep -qF -- "$2" || fail "$3: adapter_config.json lacks $2: $(flat "$1" | head -c 1500)"
+}
+# The safetensors header (JSON) of FILE; a float32 tensor's largest |value| (od: a little-endian host).
+st_header() { dd if="$1" bs=1 skip=8 count="$(od -An -tu8 -N8 "$1" | tr -d ' ')" 2>/dev/null; }
+st_max_abs() {  # FILE TENSOR
+  n=$(od -An -tu8 -N8 "$1" | tr -d ' ')
+  offs=$(st_header "$1" | sed -n "s/.*\"$2\":{[^}]*\"data_offsets\":\[\([0-9]*\),\([0-9]*\)\].*/\1 \2/p")
+  [ -n "$offs" ] || { echo "none"; return; }
+  set -- "$1" $offs
+  od -An -tf4 -v -j $((8 + n + $2)) -N $(($3 - $2)) "$1" |
+    awk '{ for (i = 1; i <= NF; i++) { v = $i < 0 ? -$i : $i; if (v > m) m = v } } END { printf "%g\n", m + 0 }'
+}
+QB=base_model.model.blocks.0.attn.q_proj
+short="--base $B --domain recipes --steps 4 --batch 2 --quiet"
+# the defaults, under their PEFT names
+for kv in '"use_rslora":false' '"use_dora":false' '"init_lora_weights":true' '"rank_pattern":{}' '"alpha_pattern":{}' \
+  '"modules_to_save":null' '"r":8' '"lora_alpha":16' '"target_modules":["q_proj","v_proj"]'; do
+  has_cfg "$T/ft_lora" "$kv" "defaults"
+done
+grep -q '"loragrad_qlora"' "$T/ft_lora/adapter_config.json" && fail "a LoRA adapter's config says loragrad_qlora"
+# --rslora: use_rslora, and the scale alpha / sqrt(r) (r 4, alpha 8: 4, not 2), also when loaded
+if ok "finetune --rslora" -- "$L" finetune $short --r 4 --alpha 8 --rslora --out "$T/rs"; then
+  grep -q "r 4, alpha 8, scale 4 (rsLoRA: alpha / sqrt(r))" "$T/out" || fail "--rslora: scale not 4: $(head -1 "$T/out")"
+  has_cfg "$T/rs" '"use_rslora":true' "--rslora"
+  ok "info of an rsLoRA adapter" -- "$L" info --base "$B" --adapter "$T/rs"
+  grep -q "scale 4 (rsLoRA" "$T/out" || fail "info: rsLoRA scale: $(grep '^adapter' "$T/out")"
+  ok "eval rsLoRA" -- "$L" eval --base "$B" --adapter "$T/rs" --data "$T/val.txt"
+  rs_loss=$(sed -n 's/^loss \([0-9.]*\) .*/\1/p' "$T/out")
+  mkdir -p "$T/rs_off" && cp "$T/rs/adapter_model.safetensors" "$T/rs_off/"
+  sed 's/"use_rslora": true/"use_rslora": false/' "$T/rs/adapter_config.json" >"$T/rs_off/adapter_config.json"
+  ok "eval the same weights at scale alpha / r" -- "$L" eval --base "$B" --adapter "$T/rs_off" --data "$T/val.txt"
+  off_loss=$(sed -n 's/^loss \([0-9.]*\) .*/\1/p' "$T/out")
+  [ -n "$rs_loss" ] && [ "$rs_loss" != "$off_loss" ] || fail "use_rslora does not change the loss ($rs_loss, $off_loss)"
+fi
+ok "finetune --init gaussian" -- "$L" finetune $short --init gaussian --out "$T/ig" && has_cfg "$T/ig" '"init_lora_weights":"gaussian"' "--init gaussian"
+ok "finetune --init false" -- "$L" finetune $short --init false --out "$T/if" && has_cfg "$T/if" '"init_lora_weights":false' "--init false"
+# PiSSA starts with B from the base's singular vectors; the default with B = 0 (one step at lr 1e-9 moves B by ~1e-9).
+nolr="--base $B --domain recipes --steps 1 --batch 2 --lr 1e-9 --quiet"
+if ok "finetune --init pissa" -- "$L" finetune $nolr --init pissa --r 4 --out "$T/pissa" &&
+  ok "finetune --init true, the same step" -- "$L" finetune $nolr --r 4 --out "$T/std"; then
+  has_cfg "$T/pissa" '"init_lora_weights":"pissa"' "--init pissa"
+  bp=$(st_max_abs "$T/pissa/adapter_model.safetensors" "$QB.lora_B.weight")
+  bs=$(st_max_abs "$T/std/adapter_model.safetensors" "$QB.lora_B.weight")
+  awk -v p="$bp" -v s="$bs" 'BEGIN { exit !(p != "none" && s != "none" && p > 1e-3 && s < 1e-6) }' ||
+    fail "PiSSA's B at step 0: max |B| $bp (default init: $bs), expected nonzero (and ~0)"
+fi
+# --modules-to-save: trained in full, saved with the adapter
+if ok "finetune --modules-to-save lm_head,ln_f" -- "$L" finetune $short --modules-to-save lm_head,ln_f --out "$T/mts"; then
+  has_cfg "$T/mts" '"modules_to_save":["lm_head","ln_f"]' "--modules-to-save"
+  st_header "$T/mts/adapter_model.safetensors" | grep -q '"base_model.model.lm_head.weight":{"dtype":"F32","shape":\[256,64\]' ||
+    fail "--modules-to-save: lm_head.weight not saved: $(st_header "$T/mts/adapter_model.safetensors" | head -c 600)"
+  ok "info with modules_to_save" -- "$L" info --base "$B" --adapter "$T/mts"
+  # q, v on 2 blocks at r 8: 4 x 8 x 128 = 4096, lm_head 16384, ln_f 128
+  grep -q "^trainable: 20,608 of" "$T/out" || fail "--modules-to-save: $(grep '^trainable' "$T/out")"
+fi
+# --rank-pattern / --alpha-pattern: REGEX=VALUE (repeatable; a regex may hold ',') or a JSON object
+if ok "finetune with rank and alpha patterns" -- "$L" finetune $short --targets all-linear --rank-pattern 'fc_.*=16' \
+  --rank-pattern '[k,o]_proj=2' --alpha-pattern '{"v_proj": 32, "fc_in": 4}' --out "$T/pat"; then
+  has_cfg "$T/pat" '"rank_pattern":{"[k,o]_proj":2,"fc_.*":16}' "--rank-pattern"
+  has_cfg "$T/pat" '"alpha_pattern":{"fc_in":4,"v_proj":32}' "--alpha-pattern"
+  has_cfg "$T/pat" '"r":8,' "--rank-pattern keeps r"
+  has_cfg "$T/pat" '"target_modules":["fc_in","fc_out","k_proj","o_proj","q_proj","v_proj"]' "all-linear, expanded as PEFT does"
+  grep -q "^rank_pattern '\[k,o\]_proj' = 2: 4 of 12 adapted modules" "$T/out" || fail "rank pattern matches: $(grep pattern "$T/out")"
+  h=$(st_header "$T/pat/adapter_model.safetensors")
+  for want in 'mlp.fc_in.lora_A.weight":{"dtype":"F32","shape":\[16,64\]' 'attn.k_proj.lora_A.weight":{"dtype":"F32","shape":\[2,64\]' \
+    'attn.q_proj.lora_A.weight":{"dtype":"F32","shape":\[8,64\]'; do
+    echo "$h" | grep -q "$want" || fail "rank pattern: no $want in the adapter file"
+  done
+  ok "eval the patterned adapter" -- "$L" eval --base "$B" --adapter "$T/pat" --data "$T/val.txt"
+fi
+ok "a pattern that matches nothing is reported" -- "$L" finetune $short --rank-pattern 'nothing=2' --out "$T/pat0"
+grep -q "^rank_pattern 'nothing' = 2: 0 of 4 adapted modules (note: it matches none" "$T/out" || fail "unmatched pattern: $(grep pattern "$T/out")"
+# QDoRA: DoRA over an NF4 base; --method dora --qlora and --method qlora --dora are the same run
+if ok "finetune --dora --qlora (QDoRA)" -- "$L" finetune $short --dora --qlora --save-every 2 --out "$T/qdora"; then
+  has_cfg "$T/qdora" '"use_dora":true' "QDoRA"
+  has_cfg "$T/qdora" '"loragrad_qlora":true' "QDoRA"
+  ok "info of a QDoRA adapter" -- "$L" info --base "$B" --adapter "$T/qdora"
+  grep -q "DoRA, QLoRA (NF4 base)" "$T/out" || fail "info QDoRA: $(grep '^adapter' "$T/out")"
+  ok "info --json of a QDoRA adapter" -- "$L" info --base "$B" --adapter "$T/qdora" --json
+  [ "$(grep -c '"storage": "nf4"' "$T/out")" -eq 12 ] || fail "QDoRA: $(grep -c '"storage": "nf4"' "$T/out") NF4 weights, expected 12"
+  [ "$(grep -c '"name": "blocks\.[01]\.attn\.[qv]_proj\.lora_magnitude_vector\.default\.weight"' "$T/out")" -eq 4 ] ||
+    fail "QDoRA: expected 4 magnitude vectors: $(grep magnitude "$T/out")"
+  ok "QDoRA: resume with --method qlora --dora" -- "$L" finetune $short --method qlora --dora --resume "$T/qdora/checkpoint-2" --out "$T/qdora2"
+  cmp -s "$T/qdora/adapter_model.safetensors" "$T/qdora2/adapter_model.safetensors" || fail "QDoRA: the resumed adapter differs"
+fi
+ok "loraplus with --dora" -- "$L" finetune $short --method loraplus --dora --out "$T/lpd"
+grep -q "^loraplus+dora: " "$T/out" || fail "loraplus --dora: $(head -1 "$T/out")"
+# named adapters: PEFT's save_pretrained writes a non-default one into OUT/NAME/
+if ok "finetune --adapter-name recipes" -- "$L" finetune $short --adapter-name recipes --save-every 2 --out "$T/named"; then
+  for f in recipes/adapter_config.json recipes/adapter_model.safetensors metrics.csv checkpoint-2/recipes/adapter_config.json; do
+    [ -s "$T/named/$f" ] || fail "--adapter-name: no $T/named/$f"
+  done
+  [ -e "$T/named/adapter_config.json" ] && fail "--adapter-name: an adapter_config.json at the top"
+  err "the directory above a named adapter" 1 "named adapter 'recipes'.*--adapter .*named/recipes" -- \
+    "$L" eval --base "$B" --adapter "$T/named" --data "$T/val.txt"
+  ok "eval a named adapter" -- "$L" eval --base "$B" --adapter "$T/named/recipes" --data "$T/val.txt"
+  ok "resume a named adapter" -- "$L" finetune $short --adapter-name recipes --resume "$T/named/checkpoint-2" --out "$T/named2"
+  cmp -s "$T/named/recipes/adapter_model.safetensors" "$T/named2/recipes/adapter_model.safetensors" || fail "named: resumed adapter differs"
+fi
+# each setting is part of the run: a resume with another one is refused, naming it
+for change in "--rslora:rslora: checkpoint false, now true" "--init gaussian:init: checkpoint \"true\", now \"gaussian\"" \
+  "--modules-to-save lm_head:modules_to_save: checkpoint \[\], now \[\"lm_head\"\]" \
+  "--rank-pattern q_proj=4:rank_pattern: checkpoint \[\], now \[\[\"q_proj\",4\]\]" \
+  "--alpha-pattern q_proj=4:alpha_pattern: checkpoint \[\], now \[\[\"q_proj\",4.0\]\]" \
+  "--adapter-name x:adapter_name: checkpoint \"default\", now \"x\"" "--dora:method: checkpoint \"lora\", now \"dora\"" \
+  "--qlora:method: checkpoint \"lora\", now \"qlora\""; do
+  flags=${change%%:*} want=${change#*:}
+  err "resume with $flags" 1 "$want" -- "$L" finetune $common $b4 $flags --resume "$T/straight_0/checkpoint-20" --out "$T/x"
+done
+# bad values and contradictions: exit 2, before any work
+for bad in "--init kaiming:--init must be true, gaussian, pissa or false" "--rank-pattern q_proj:expects REGEX=N" \
+  "--rank-pattern q_proj=0:the rank must be an integer" "--rank-pattern q_proj=2.5:the rank must be an integer" \
+  "--alpha-pattern v_proj=-1:alpha must be a positive number" "--alpha-pattern v_proj=inf:alpha must be a positive number" \
+  "--rank-pattern (q=2:rank_pattern" "--rank-pattern q_proj=2 --rank-pattern q_proj=3:'q_proj' is given twice" \
+  "--rank-pattern {bad:expects REGEX=N or a JSON object" \
+  "--adapter-name a/b:--adapter-name must be" "--adapter-name checkpoint-3:clash" "--adapter-name=:--adapter-name must be" \
+  "--method full --dora:--dora is for the adapter methods" "--method full --rslora:--rslora is for the adapter methods" \
+  "--method full --init gaussian:--init is for" "--method full --modules-to-save lm_head:--modules-to-save is for" \
+  "--method full --rank-pattern q_proj=2:--rank-pattern is for" "--method full --adapter-name x:--adapter-name is for" \
+  "--method full --qlora:--qlora is for" "--init pissa --qlora:--init pissa needs a float base" \
+  "--method qlora --init pissa:--init pissa needs a float base" "--dora=1:--dora takes no value" \
+  "--method dora --loraplus-ratio 4:--loraplus-ratio is for"; do
+  flags=${bad%%:*} want=${bad#*:}
+  err "finetune $flags" 2 "$want" -- "$L" finetune --base "$B" --domain recipes $flags --out "$T/x"
+done
+err "finetune: a JSON pattern value that is not a number" 2 "'v_proj': expected a number" -- \
+  "$L" finetune --base "$B" --domain recipes --alpha-pattern '{"v_proj": "x"}' --out "$T/x"
+[ -e "$T/x" ] && fail "a refused command left $T/x behind"
 
 echo "$checks checks, $failures failed"
 [ "$failures" -eq 0 ]

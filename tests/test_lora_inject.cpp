@@ -560,8 +560,8 @@ BOOST_AUTO_TEST_CASE(merge_and_unload_matches_the_unmerged_model) {
   BOOST_CHECK(logits(*u) == base);
 }
 
-// QLoRA: NF4 bases. Merging dequantises, adds and requantises, and reports what
-// the second rounding costs.
+// QLoRA: NF4 bases. Merging with requantize = true dequantises, adds and
+// requantises, and reports what the second rounding costs.
 BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error) {
   auto m = tiny(DType::f32);
   LoraConfig c = config({"q_proj", "v_proj"});
@@ -589,8 +589,9 @@ BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error)
   // The exact merged weight of one layer, computed as the merge does (float32).
   auto v1 = std::dynamic_pointer_cast<LoraLinear>(m->get_submodule("blocks.1.attn.v_proj"));
   const Tensor exact = add(v1->base_weight(), v1->delta_weight("default"));  // (out, in)
-  const MergeReport rep = merge_and_unload(*m);
+  const MergeReport rep = merge_and_unload(*m, /*requantize=*/true);
   BOOST_CHECK_EQUAL(rep.merged.size(), 4u);
+  BOOST_CHECK(rep.dequantized.empty());
   auto q = std::dynamic_pointer_cast<NF4Linear>(m->get_submodule("blocks.1.attn.v_proj"));
   BOOST_REQUIRE(q != nullptr);
   // merged = quant(dequant(W0) + s B A), with the base's blocksize and double quantisation
@@ -602,4 +603,57 @@ BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error)
   BOOST_CHECK_LE(err, 0.1386 * max_abs(exact.to_vector()));
   const auto merged = logits(*m);
   BOOST_CHECK_LT(max_diff(merged, unmerged), 0.3 * max_abs(unmerged));
+}
+
+// QLoRA and QDoRA merged by default: no second rounding. Each adapted layer
+// becomes a float32 nn::Linear holding dequant(W0) + delta (DoRA: scaled by
+// m / n), so the merged model matches the unmerged one to float32 rounding,
+// far closer than the requantised merge; layers without an adapter stay NF4.
+BOOST_AUTO_TEST_CASE(qlora_merge_defaults_to_float32_without_requantisation) {
+  for (bool dora : {false, true}) {
+    BOOST_TEST_CONTEXT("dora " << dora) {
+      auto make = [&] {
+        auto m = tiny(DType::f32);
+        LoraConfig c = config({"q_proj", "v_proj"});
+        c.qlora = true;
+        c.use_dora = dora;
+        apply_lora(*m, c);
+        randomise(*m, 8, "default");
+        return m;
+      };
+      auto m = make();
+      const auto unmerged = logits(*m);
+      auto v1 = std::dynamic_pointer_cast<LoraLinear>(m->get_submodule("blocks.1.attn.v_proj"));
+      const Tensor w0 = v1->base_weight();  // dequant(W0), float32
+      const Tensor exact = add(w0, v1->delta_weight("default"));
+      const Tensor bias = v1->base_bias();
+      const MergeReport rep = merge_and_unload(*m);  // requantize = false
+      BOOST_CHECK_EQUAL(rep.merged.size(), 4u);
+      BOOST_CHECK_EQUAL(rep.dequantized.size(), 4u);
+      BOOST_CHECK_EQUAL(rep.max_requantization_error, 0.0);
+      BOOST_CHECK(lora_layers(*m).empty());
+      auto lin = std::dynamic_pointer_cast<nn::Linear>(m->get_submodule("blocks.1.attn.v_proj"));
+      BOOST_REQUIRE(lin != nullptr);
+      BOOST_CHECK(lin->weight.dtype() == DType::f32);
+      BOOST_CHECK(!lin->weight.requires_grad());
+      if (!dora) {
+        // bit for bit the float32 sum the unmerged layer stands for
+        BOOST_CHECK(lin->weight.to_vector() == exact.to_vector());
+      } else {
+        BOOST_CHECK_GT(max_diff(lin->weight.to_vector(), exact.to_vector()), 0.0);  // m / n rescales the rows
+      }
+      if (bias.defined()) BOOST_CHECK(lin->bias.to_vector() == bias.to_vector());
+      // Layers without an adapter keep their NF4 base.
+      BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(m->get_submodule("blocks.0.attn.k_proj")) != nullptr);
+      const double float_diff = max_diff(logits(*m), unmerged);
+      BOOST_CHECK_LE(float_diff, 1e-4 * max_abs(unmerged));
+
+      // The requantising merge of the same model is much further off.
+      auto r = make();
+      const MergeReport rq = merge_and_unload(*r, /*requantize=*/true);
+      BOOST_CHECK_GT(rq.max_requantization_error, 0.0);
+      BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(r->get_submodule("blocks.1.attn.v_proj")) != nullptr);
+      BOOST_CHECK_GT(max_diff(logits(*r), unmerged), 10 * float_diff);
+    }
+  }
 }

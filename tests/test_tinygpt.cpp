@@ -332,4 +332,14 @@ BOOST_AUTO_TEST_CASE(non_finite_weights_are_refused_on_load) {
     check_throws<IOError>([&] { TinyGPT::load(path); }, {path, "'blocks.1.ln2.bias'", what, "flat index 5"});
     check_throws<IOError>([&] { model.load_weights(path); }, {path, "'blocks.1.ln2.bias'", what});
   }
+  // Found by the fuzzer: a finite float64 weight of 1e300 is +Inf once loaded into a float32 model.
+  NamedTensors sd = model.state_dict();
+  for (auto& [name, t] : sd) {
+    t = t.to(DType::f64);
+    if (name == "tok_emb.weight") t.data<double>()[3] = 1e300;
+  }
+  const std::string wide = dir.file("wide.safetensors");
+  save_safetensors(wide, sd, c.to_metadata());
+  check_throws<IOError>([&] { TinyGPT::load(wide); }, {wide, "(as float32)", "'tok_emb.weight'", "+Inf"});
+  BOOST_TEST(TinyGPT::load(wide, DType::f64)->tok_emb->weight.data<double>()[3] == 1e300);  // fits float64
 }

@@ -71,11 +71,15 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
     double* px = xs[i].data<double>();
     for (int64_t k = 0; k < xs[i].numel(); ++k) {
       const double orig = px[k];
+      // Raw writes: bump the version so caches keyed on it (DoRA's row norms) see the change.
       px[k] = orig + opt.eps;
+      xs[i].bump_version();
       const std::vector<double> plus = fn(xs).to_vector();
       px[k] = orig - opt.eps;
+      xs[i].bump_version();
       const std::vector<double> minus = fn(xs).to_vector();
       px[k] = orig;
+      xs[i].bump_version();
       for (int64_t j = 0; j < m; ++j) {
         const double numeric = (plus[j] - minus[j]) / (2 * opt.eps);
         const double a = analytic[i][static_cast<size_t>(j * xs[i].numel() + k)];

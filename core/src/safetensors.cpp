@@ -389,7 +389,13 @@ void require_finite(const NamedTensors& tensors, const std::string& where) {
   }
 }
 
-void SafetensorsFile::require_finite() const { loragrad::require_finite(tensors, "'" + path + "'"); }
+void SafetensorsFile::require_finite(DType as) const {
+  const std::string where = "'" + path + "'";
+  loragrad::require_finite(tensors, where);
+  if (as != DType::f32) return;
+  for (const auto& [name, t] : tensors)  // float64 values beyond float32's range
+    if (t.dtype() == DType::f64) loragrad::require_finite({{name, t.to(DType::f32)}}, where + " (as float32)");
+}
 
 SafetensorsFile load_safetensors(const std::string& path) {
   refuse_temporary_path(path, "load_safetensors");

@@ -10,11 +10,13 @@
 #include <mutex>
 #include <unordered_map>
 #include <iomanip>
+#include <limits>
 #include <ostream>
 #include <sstream>
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/generator.hpp"
+#include "loragrad/memory.hpp"
 #include "loragrad/ops.hpp"
 
 namespace loragrad {
@@ -115,23 +117,74 @@ class BlockCache {
     }
     std::free(p);
   }
+  size_t cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cached_;
+  }
+  void release() {
+    std::unordered_map<size_t, std::vector<void*>> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(free_);
+      cached_ = 0;
+    }
+    for (auto& kv : blocks)
+      for (void* p : kv.second) std::free(p);
+  }
  private:
   static constexpr size_t kMaxCached = size_t(1) << 30;  // 1 GiB of idle blocks at most
   std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
 };
-size_t rounded_size(size_t n) { return (std::max<size_t>(n, 1) + 63) / 64 * 64; }  // aligned_alloc wants a multiple
+
+// aligned_alloc wants a multiple of the alignment; an empty tensor still gets a block.
+size_t rounded_size(size_t n) { return (std::max<size_t>(n, 1) + 63) / 64 * 64; }
+
+// Live storage bytes and their peak (memory.hpp). Relaxed order is enough:
+// each counter is one atomic, and no other memory is published through it.
+std::atomic<size_t> g_live_bytes{0};
+std::atomic<size_t> g_peak_bytes{0};
+std::atomic<long long> g_live_storages{0};
+
+void count_alloc(size_t rounded) {
+  const size_t now = g_live_bytes.fetch_add(rounded, std::memory_order_relaxed) + rounded;
+  g_live_storages.fetch_add(1, std::memory_order_relaxed);
+  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+void count_free(size_t rounded) {
+  g_live_bytes.fetch_sub(rounded, std::memory_order_relaxed);
+  g_live_storages.fetch_sub(1, std::memory_order_relaxed);
+}
 }  // namespace
 
+namespace memory {
+size_t live_bytes() { return g_live_bytes.load(std::memory_order_relaxed); }
+size_t peak_bytes() { return g_peak_bytes.load(std::memory_order_relaxed); }
+void reset_peak() { g_peak_bytes.store(g_live_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed); }
+size_t cached_bytes() { return BlockCache::get().cached(); }
+void release_cached() { BlockCache::get().release(); }
+long long live_storages() { return g_live_storages.load(std::memory_order_relaxed); }
+size_t storage_bytes(size_t nbytes) { return rounded_size(nbytes); }
+}  // namespace memory
+
 Storage::Storage(size_t n, bool zero) : nbytes(n) {
+  if (n > std::numeric_limits<size_t>::max() - 64)  // rounding up must not wrap around
+    throw Error("out of memory allocating " + std::to_string(n) + " bytes");
   const size_t rounded = rounded_size(n);
   data = BlockCache::get().take(rounded);
   if (!data) data = std::aligned_alloc(64, rounded);
   if (!data) throw Error("out of memory allocating " + std::to_string(n) + " bytes");
   if (zero) std::memset(data, 0, rounded);
+  count_alloc(rounded);
 }
-Storage::~Storage() { BlockCache::get().give(data, rounded_size(nbytes)); }
+Storage::~Storage() {
+  const size_t rounded = rounded_size(nbytes);
+  count_free(rounded);
+  BlockCache::get().give(data, rounded);
+}
 
 static std::atomic<int64_t> g_live_impls{0};
 

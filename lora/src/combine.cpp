@@ -241,15 +241,31 @@ static Tensor exact_merged_weight(LoraLinear& layer, const std::string& name) {
   return mul(div(reshape(layer.magnitude(name).detach().to(DType::f64), {layer.out_features, 1}), norm), W);
 }
 
-MergeReport merge_and_unload(nn::Module& model) {
+// Puts a float32 nn::Linear holding dequant(W0) (and the same bias) in the
+// place of the layer's NF4 base: the merge that follows is then the dense one.
+static void dequantize_base(nn::Module& model, const std::string& path, LoraLinear& layer) {
+  auto q = std::dynamic_pointer_cast<NF4Linear>(layer.base_layer);
+  const bool bias_trainable = q->bias.defined() && q->bias.requires_grad();
+  auto dense = std::make_shared<nn::Linear>(q->dequantize(), q->bias);
+  dense->weight.requires_grad_(false);  // frozen, as the base was
+  if (dense->bias.defined()) dense->bias.requires_grad_(bias_trainable);
+  dense->train(q->is_training());
+  model.replace_module(path + ".base_layer", dense);
+}
+
+MergeReport merge_and_unload(nn::Module& model, bool requantize) {
   MergeReport rep;
   const std::string active = active_adapter(model);
   for (const auto& [path, layer] : lora_layers(model)) {
     if (!active.empty() && layer->has_adapter(active)) {
       if (layer->merged() && layer->merged_adapter() != active) layer->unmerge();
-      const bool nf4 = std::dynamic_pointer_cast<NF4Linear>(layer->base_layer) != nullptr;
+      const bool nf4 = layer->base_is_nf4() && !layer->merged();
       Tensor want;
-      if (nf4 && !layer->merged()) want = exact_merged_weight(*layer, active);
+      if (nf4 && requantize) want = exact_merged_weight(*layer, active);
+      if (nf4 && !requantize) {
+        dequantize_base(model, path, *layer);
+        rep.dequantized.push_back(path);
+      }
       if (layer->active_adapter() != active) layer->set_adapter(active);
       layer->merge();
       if (want.defined()) {

@@ -120,12 +120,76 @@ Tensor LoraLinear::base_bias() const {
   throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
 }
 
-// The base's own weight and bias handles, live: differentiable when the base is
-// trainable (PEFT's forward uses base_layer.weight / base_layer.bias themselves).
-// An NF4 base has no weight parameter: its dequantised weight is a constant.
-Tensor LoraLinear::live_base_weight() const {
-  if (auto lin = as_dense_linear(base_layer)) return lin->weight;
-  return base_weight();
+// x W0^T through the base's own weight, live: differentiable when the base is
+// trainable (PEFT's forward uses base_layer.weight itself). An NF4 base has no
+// weight parameter: it multiplies from its codes, a constant, with no dense copy.
+Tensor LoraLinear::base_matmul(const Tensor& x) const {
+  if (auto lin = as_dense_linear(base_layer)) return linear(x, as_dtype(lin->weight, x.dtype()));
+  if (auto q = as_nf4(base_layer)) return nf4_linear(x, q->qweight_ptr());
+  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+}
+
+// ||W0_i||^2 per row, float64, cached (see the header). The key is the weight's
+// identity and storage version; an NF4Tensor is immutable (NF4Linear swaps in a
+// new one), so its identity alone is its version.
+std::shared_ptr<const std::vector<double>> LoraLinear::base_row_sq_norms() const {
+  std::shared_ptr<const void> owner;
+  uint64_t version = 0;
+  const auto lin = as_dense_linear(base_layer);
+  const auto q = as_nf4(base_layer);
+  if (lin) {
+    check_floating(lin->weight, "LoraLinear.base_row_sq_norms");
+    owner = lin->weight.impl()->storage;
+    version = lin->weight.version();
+  } else if (q) {
+    owner = q->qweight_ptr();
+  } else {
+    throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+  }
+  std::lock_guard<std::mutex> lock(row_sq_mu_);
+  const bool same_owner = !row_sq_.owner.owner_before(owner) && !owner.owner_before(row_sq_.owner);
+  if (row_sq_.sq && same_owner && row_sq_.version == version) return row_sq_.sq;
+
+  const int64_t rows = out_features, cols = in_features;
+  auto sq = std::make_shared<std::vector<double>>(static_cast<size_t>(rows));
+  double* out = sq->data();
+  if (lin) {
+    const Tensor& W = lin->weight;  // (out, in): its own values, read in place
+    dispatch_float(W.dtype(), "LoraLinear.base_row_sq_norms", [&](auto tag) {
+      using T = decltype(tag);
+      const T* w = W.data<T>();
+#pragma omp parallel for if (rows * cols > (1 << 16))
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* row = w + i * cols;
+        double acc = 0;
+        for (int64_t j = 0; j < cols; ++j) acc += double(row[j]) * double(row[j]);
+        out[i] = acc;
+      }
+    });
+  } else {
+    const NF4Tensor& w = q->qweight();  // decoded one row at a time: never a dense copy
+#pragma omp parallel if (rows * cols > (1 << 16))
+    {
+      std::vector<float> row(static_cast<size_t>(cols));
+#pragma omp for
+      for (int64_t i = 0; i < rows; ++i) {
+        w.decode(i * cols, cols, row.data());
+        double acc = 0;
+        for (int64_t j = 0; j < cols; ++j) acc += double(row[j]) * double(row[j]);
+        out[i] = acc;
+      }
+    }
+  }
+  row_sq_.owner = owner;
+  row_sq_.version = version;
+  row_sq_.sq = std::move(sq);
+  ++row_sq_.computations;
+  return row_sq_.sq;
+}
+
+int64_t LoraLinear::base_row_sq_norm_computations() const {
+  std::lock_guard<std::mutex> lock(row_sq_mu_);
+  return row_sq_.computations;
 }
 
 Tensor LoraLinear::live_base_bias() const {
@@ -139,6 +203,13 @@ void LoraLinear::set_base_weight(const Tensor& w) {
   if (w.shape() != want)
     throw ShapeError("LoraLinear.set_base_weight: expected " + shape_str(want) + ", got " + shape_str(w.shape()));
   NoGradGuard no_grad;
+  {
+    // The write below changes the weight's version (dense) or identity (NF4),
+    // which invalidates the cached row norms anyway; drop them now all the same.
+    std::lock_guard<std::mutex> lock(row_sq_mu_);
+    row_sq_.sq.reset();
+    row_sq_.owner.reset();
+  }
   if (auto lin = as_dense_linear(base_layer)) {
     lin->weight.copy_(w);  // in place: the base's (frozen) parameter keeps its identity
     return;
@@ -351,23 +422,99 @@ Tensor LoraLinear::delta_weight(const std::string& name) const {
   return (matmul(B, A) * scaling(name)).detach();           // (out, in), PEFT's (B @ A) * scaling
 }
 
-// Row-wise L2 norm of W (out, in), accumulated in double.
+// Row-wise L2 norm of a dense W (out, in), accumulated in double (merge / unmerge).
 static Tensor row_norms(const Tensor& W) {
   const int64_t rows = W.size(0), cols = W.size(1);
-  const std::vector<double> v = W.to_vector();
-  std::vector<double> n(rows);
-  for (int64_t i = 0; i < rows; ++i) {
-    double s = 0;
-    for (int64_t j = 0; j < cols; ++j) s += v[i * cols + j] * v[i * cols + j];
-    n[i] = std::sqrt(s);
-  }
+  std::vector<double> n(static_cast<size_t>(rows));
+  dispatch_float(W.dtype(), "row_norms", [&](auto tag) {
+    using T = decltype(tag);
+    const T* w = W.data<T>();
+    for (int64_t i = 0; i < rows; ++i) {
+      double s = 0;
+      for (int64_t j = 0; j < cols; ++j) s += double(w[i * cols + j]) * double(w[i * cols + j]);
+      n[static_cast<size_t>(i)] = std::sqrt(s);
+    }
+  });
   return from_values(n, {rows}, W.dtype());
 }
 
+// Row i of the base weight as float64 (NF4: decoded), into out[0 : in].
+static void base_row_f64(const nn::ModulePtr& base, int64_t i, int64_t in, std::vector<float>& scratch,
+                         double* out) {
+  if (auto lin = as_dense_linear(base)) {
+    dispatch_float(lin->weight.dtype(), "LoraLinear.dora_row_norm", [&](auto tag) {
+      using T = decltype(tag);
+      const T* w = lin->weight.template data<T>() + i * in;
+      for (int64_t j = 0; j < in; ++j) out[j] = double(w[j]);
+    });
+  } else if (auto q = as_nf4(base)) {
+    scratch.resize(static_cast<size_t>(in));
+    q->qweight().decode(i * in, in, scratch.data());
+    for (int64_t j = 0; j < in; ++j) out[j] = double(scratch[static_cast<size_t>(j)]);
+  } else {
+    throw Error("LoraLinear: base layer " + base->type_name() + " is not supported");
+  }
+}
+
+// The expansion is used where it keeps its accuracy: n_i^2 >= kCancel * (||W0_i||^2
+// + s^2 ||(B A)_i||^2), i.e. at most a 16x loss to cancellation. Rows below
+// (W0 and s B A nearly cancel) are recomputed directly, one row at a time.
+static constexpr double kCancel = 1.0 / 16;
+
+// n_i^2 = ||W0_i + s (B A)_i||^2 expanded (see the header):
+//   ||W0_i||^2 + 2 s <W0_i, (B A)_i> + s^2 ||(B A)_i||^2
+// with <W0_i, (B A)_i> = (W0 A^T)_i . B_i and ||(B A)_i||^2 = B_i (A A^T) B_i^T.
+// Temporaries: (r, out), (r, r), (r, in) in float64 and vectors of out or in;
+// nothing of size (out, in).
 Tensor LoraLinear::dora_row_norm(const std::string& name) const {
+  const double s = adapter(name, "dora_row_norm").scale;
   NoGradGuard no_grad;
-  const Tensor delta = delta_weight(name);
-  return row_norms(add(as_dtype(base_weight(), delta.dtype()), delta));  // (out), constant in backward
+  const Tensor A = lora_A->get<nn::Linear>(name)->weight.detach();  // (r, in)
+  const Tensor B = lora_B->get<nn::Linear>(name)->weight.detach();  // (out, r)
+  const int64_t r = A.size(0), in = in_features, out = out_features;
+  const DType dt = B.dtype();  // the dtype of B A, as the dense formula had it
+
+  const std::vector<double> Pt = base_matmul(A).to_vector();  // (r, out) = (W0 A^T)^T: one GEMM
+  const Tensor A64 = as_dtype(A, DType::f64);                  // (r, in)
+  const std::vector<double> G = matmul_nt(A64, A64).to_vector();  // (r, r) = A A^T, float64
+  const std::vector<double> Bv = B.to_vector();                   // (out, r)
+  const std::shared_ptr<const std::vector<double>> c = base_row_sq_norms();
+
+  std::vector<double> n(static_cast<size_t>(out));
+  std::vector<int64_t> cancelling;  // rows to recompute directly
+  for (int64_t i = 0; i < out; ++i) {
+    const double* b = Bv.data() + i * r;
+    double cross = 0, quad = 0;  // (W0 A^T)_i . B_i and B_i G B_i^T
+    for (int64_t k = 0; k < r; ++k) {
+      cross += Pt[static_cast<size_t>(k * out + i)] * b[k];
+      double gb = 0;
+      for (int64_t l = 0; l < r; ++l) gb += G[static_cast<size_t>(k * r + l)] * b[l];
+      quad += b[k] * gb;
+    }
+    const double ci = (*c)[static_cast<size_t>(i)];
+    const double n2 = ci + 2 * s * cross + s * s * quad;
+    if (n2 < kCancel * (ci + s * s * quad)) cancelling.push_back(i);
+    n[static_cast<size_t>(i)] = std::sqrt(std::max(n2, 0.0));  // round-off can leave a tiny negative
+  }
+  if (!cancelling.empty()) {
+    // n_i = ||W0_i + s B_i A|| summed element by element, in float64.
+    const double* a = A64.data<double>();
+    std::vector<double> row(static_cast<size_t>(in));
+    std::vector<float> scratch;
+    for (int64_t i : cancelling) {
+      base_row_f64(base_layer, i, in, scratch, row.data());
+      const double* b = Bv.data() + i * r;
+      for (int64_t k = 0; k < r; ++k) {
+        const double sb = s * b[k];
+        const double* ak = a + k * in;
+        for (int64_t j = 0; j < in; ++j) row[static_cast<size_t>(j)] += sb * ak[j];
+      }
+      double acc = 0;
+      for (double v : row) acc += v * v;
+      n[static_cast<size_t>(i)] = std::sqrt(acc);
+    }
+  }
+  return from_values(n, {out}, dt);  // (out), constant in backward
 }
 
 Tensor LoraLinear::forward(const Tensor& x) {
@@ -396,7 +543,7 @@ Tensor LoraLinear::forward(const Tensor& x) {
     const Tensor b = live_base_bias();
     base_result = b.defined() ? sub(y, b) : y;  // reuse base(x): W0 x = base(x) - b
   } else {
-    base_result = linear(xd, as_dtype(live_base_weight(), xd.dtype()));
+    base_result = base_matmul(xd);  // W0 x_d (NF4: from the codes, no dense copy)
   }
   const Tensor dora = (mn - 1.0) * base_result + (mn * lora) * s;  // PEFT's order of operations
   return add(y, dora);

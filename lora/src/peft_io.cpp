@@ -408,6 +408,61 @@ LoraConfig adapter_config(const nn::Module& model, const std::string& adapter) {
   return cfg;
 }
 
+static bool is_linear_module(const nn::ModulePtr& m) {
+  return std::dynamic_pointer_cast<nn::Linear>(m) || std::dynamic_pointer_cast<NF4Linear>(m) ||
+         std::dynamic_pointer_cast<LoraLinear>(m);
+}
+
+static bool is_output_head(const std::string& path) {
+  return path == "lm_head" || (path.size() > 8 && path.compare(path.size() - 8, 8, ".lm_head") == 0);
+}
+
+bool config_describes_adapter(const nn::Module& model, const LoraConfig& cfg, const std::string& adapter) {
+  LoraConfig rebuilt;
+  try {
+    cfg.validate();
+    rebuilt = adapter_config(model, adapter);
+  } catch (const ValueError&) {
+    return false;
+  }
+  if (cfg.qlora != rebuilt.qlora) return false;
+  const bool all_linear = !cfg.target_regex && cfg.target_modules.size() == 1 && cfg.target_modules[0] == "all-linear";
+  std::set<std::string> to_save;
+  for (const auto& [path, m] : target_candidates(model)) {
+    const bool target =
+        (all_linear ? is_linear_module(m) && !is_output_head(path) : cfg.is_target(path)) && !cfg.is_excluded(path);
+    auto layer = std::dynamic_pointer_cast<LoraLinear>(m);
+    const bool holds = layer && layer->has_adapter(adapter);
+    if (target != holds) return false;
+    if (holds) {
+      const LoraOptions want = cfg.options_for(path), &have = layer->adapter_options(adapter);
+      if (want.r != have.r || want.alpha != have.alpha || want.dropout != have.dropout ||
+          want.use_rslora != have.use_rslora || want.use_dora != have.use_dora || want.init != have.init)
+        return false;
+    }
+    if (cfg.is_module_to_save(path)) to_save.insert(path);
+  }
+  return to_save == std::set<std::string>(rebuilt.modules_to_save.begin(), rebuilt.modules_to_save.end());
+}
+
+// The form of a requested config that goes into adapter_config.json (see AdapterProvenance).
+static LoraConfig written_form(const LoraConfig& requested, const LoraConfig& rebuilt) {
+  LoraConfig cfg = requested;
+  if (!cfg.target_regex && cfg.target_modules.size() == 1 && cfg.target_modules[0] == "all-linear") {
+    cfg.target_modules = rebuilt.target_modules;
+    cfg.target_regex = false;
+  }
+  std::stable_sort(cfg.rank_pattern.begin(), cfg.rank_pattern.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::stable_sort(cfg.alpha_pattern.begin(), cfg.alpha_pattern.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  return cfg;
+}
+
+std::string adapter_subdir(const std::string& dir, const std::string& adapter) {
+  return adapter == "default" ? dir : (fs::path(dir) / adapter).string();
+}
+
 // The tensors of modules_to_save paths, "<path>.<name>" -> tensor (LoRA layers' insides skipped).
 static std::map<std::string, Tensor> modules_to_save_tensors(const nn::Module& model,
                                                              const std::vector<std::string>& paths) {
@@ -434,6 +489,13 @@ NamedTensors adapter_state_dict(const nn::Module& model, const std::string& adap
 
 // ============================ directories ============================
 
+// The float dtype an adapter loaded into this model is stored in.
+static DType model_dtype(const nn::Module& model) {
+  for (const Tensor& p : model.parameters())
+    if (is_floating(p.dtype())) return p.dtype();
+  return DType::f32;
+}
+
 void save_adapter(const nn::Module& model, const std::string& dir, const std::string& adapter, bool overwrite,
                   const AdapterProvenance& provenance) {
   const std::string where = "save_adapter(" + dir + ")";
@@ -442,6 +504,10 @@ void save_adapter(const nn::Module& model, const std::string& dir, const std::st
     throw IOError(where + ": " + dir + " already exists (pass overwrite = true to replace it)");
   // Everything is computed before anything is written.
   LoraConfig cfg = adapter_config(model, adapter);
+  if (provenance.requested) {
+    LoraConfig given = written_form(*provenance.requested, cfg);
+    if (config_describes_adapter(model, given, adapter)) cfg = std::move(given);
+  }
   cfg.base_model_name_or_path = provenance.base_model_name_or_path;
   cfg.task_type = provenance.task_type;
   cfg.base_fingerprint = provenance.base_fingerprint;
@@ -481,7 +547,7 @@ LoraReport load_adapter(nn::Module& model, const std::string& dir, const std::st
   if (!fs::is_directory(dir)) throw IOError("load_adapter: " + dir + " is not a directory");
   const LoraConfig cfg = read_adapter_config(config_path);
   const SafetensorsFile file = load_safetensors(weights_path);
-  file.require_finite();
+  file.require_finite(model_dtype(model));
 
   // What the file must hold for this config on this model: name -> shape.
   LoraPlan plan;
@@ -554,7 +620,7 @@ void load_adapter_weights(nn::Module& model, const std::string& dir, const std::
   refuse_temporary_path(dir, "load_adapter_weights");
   const std::string weights_path = (fs::path(dir) / kWeightsFile).string();
   const SafetensorsFile file = load_safetensors(weights_path);
-  file.require_finite();
+  file.require_finite(model_dtype(model));
   const NamedTensors mine = adapter_state_dict(model, adapter);  // detached handles on the live tensors
   std::vector<std::string> problems;
   for (const auto& [name, t] : mine) {

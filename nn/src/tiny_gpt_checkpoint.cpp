@@ -81,7 +81,7 @@ static void check_tensors_match_metadata(const SafetensorsFile& file, const Tiny
 
 static void load_into(TinyGPT& model, const SafetensorsFile& file) {
   check_hyper_parameters(file, model.config());
-  file.require_finite();
+  file.require_finite(model.config().dtype);
   try {
     model.load_state_dict(file.tensors, /*strict=*/true);
   } catch (const ValueError& e) {

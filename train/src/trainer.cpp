@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "loragrad/files.hpp"
+#include "loragrad/lora/nf4.hpp"
+#include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
 
 namespace loragrad::train {
@@ -79,7 +81,32 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+std::string bytes_text(size_t b) {
+  char buf[32];
+  if (b < 1024) std::snprintf(buf, sizeof buf, "%zu B", b);
+  else if (b < (size_t{1} << 20)) std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
+  else std::snprintf(buf, sizeof buf, "%.2f MiB", b / 1048576.0);
+  return buf;
+}
+
+// The bytes the model's weights and gradients hold now, by kind.
+void weight_bytes(const nn::Module& model, MemoryUse& m) {
+  m.frozen_weights = m.trainable_weights = m.gradients = 0;
+  for (const Tensor& p : model.parameters()) {
+    (p.requires_grad() ? m.trainable_weights : m.frozen_weights) += memory::storage_bytes(p.nbytes());
+    if (p.grad().defined()) m.gradients += memory::storage_bytes(p.grad().nbytes());
+  }
+  for (const auto& [path, mod] : model.named_modules())
+    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(mod)) m.frozen_weights += q->weight_bytes();
+}
+
 }  // namespace
+
+std::string MemoryUse::str() const {
+  return "frozen base " + bytes_text(frozen_weights) + ", trainable " + bytes_text(trainable_weights) +
+         ", gradients " + bytes_text(gradients) + ", optimizer state " + bytes_text(optimizer_state) +
+         ", activations (peak) " + bytes_text(activations_peak) + "; peak tensor bytes " + bytes_text(peak_total);
+}
 
 // ============================ config ============================
 
@@ -193,9 +220,21 @@ TrainResult Trainer::fit() {
   while (!stop && step_ < cfg_.steps) {
     schedule_.apply(opt_, step_);
     const std::vector<Batch> mb = next_micro_batches();
+    MemoryUse before;
+    weight_bytes(model_, before);
+    const size_t opt_before = opt_.state_bytes();
+    const size_t live_before = memory::live_bytes();
+    memory::reset_peak();
     const auto t0 = std::chrono::steady_clock::now();
     const StepResult s = train_step(model_, opt_, mb, cfg_.clip_norm);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const size_t peak = memory::peak_bytes();
+    weight_bytes(model_, res.memory);
+    res.memory.peak_total = std::max(res.memory.peak_total, peak);
+    // What the step added on top of what stays: new gradients and new optimizer state are not activations.
+    const size_t stays = live_before + (res.memory.gradients > before.gradients ? res.memory.gradients - before.gradients : 0) +
+                         (opt_.state_bytes() - opt_before);
+    if (peak > stays) res.memory.activations_peak = std::max(res.memory.activations_peak, peak - stays);
     stop_unless_finite(s, step_ + 1);
     ++step_;
 
@@ -242,6 +281,7 @@ TrainResult Trainer::fit() {
   model_.eval();
   write_metrics();
 
+  res.memory.optimizer_state = opt_.state_bytes();
   res.steps_done = step_;
   res.stopped_early = stop && step_ < cfg_.steps;
   res.best_val_loss = best_val_;

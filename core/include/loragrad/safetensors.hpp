@@ -20,8 +20,9 @@ struct SafetensorsFile {
   const Tensor& at(const std::string& name) const;
   bool contains(const std::string& name) const;
   // Throws IOError naming the file, the tensor and the element if any float
-  // tensor holds NaN or +-Inf: weights that would only give `loss nan` later.
-  void require_finite() const;
+  // tensor holds NaN or +-Inf, or would once converted to `as` (a float64
+  // 1e300 is +Inf in float32): weights that would only give `loss nan` later.
+  void require_finite(DType as = DType::f64) const;
   std::string path;
 };
 

@@ -27,7 +27,10 @@ std::string shape_str(const Shape& s);   // "[2, 3]"
 int64_t shape_numel(const Shape& s);     // product of dims, 1 for a 0-d tensor
 
 // 64-byte aligned bytes, zero-initialised unless asked not to. The version counter is bumped by
-// every in-place write, so a saved tensor can tell it was modified.
+// every in-place write, so a saved tensor can tell it was modified (and a cache of values derived
+// from a tensor, e.g. LoraLinear's DoRA row norms of its base weight, that it is stale): a write
+// through a raw pointer must call Tensor::bump_version() itself. Every Storage is counted by the
+// memory counters (loragrad/memory.hpp: live and peak tensor bytes) from construction to destruction.
 struct Storage {
   explicit Storage(size_t nbytes, bool zero = true);
   ~Storage();

@@ -61,15 +61,31 @@ void add_weighted_adapter(nn::Module& model, const std::vector<std::string>& ada
 struct MergeReport {
   std::vector<std::string> merged;    // layers whose active adapter went into the base weight
   std::vector<std::string> unloaded;  // layers replaced by their base without a merge (adapter absent)
-  // NF4 bases are dequantised, merged and requantised: the largest
-  // |requantised - exact merged weight| over those layers (0 for dense bases).
+  // NF4 bases merged without requantisation (requantize = false): W0 was
+  // dequantised and the layer is now a float32 nn::Linear holding W0 + delta.
+  std::vector<std::string> dequantized;
+  // NF4 bases merged with requantize = true are dequantised, merged and
+  // requantised: the largest |requantised - exact merged weight| over those
+  // layers (0 for dense bases, and whenever requantize is false).
   double max_requantization_error = 0;
 };
 
 // Merges the active adapter of every LoRA layer into its base weight (LoRA:
 // W0 + s B A; DoRA: (m / n) (W0 + s B A)) and puts the base back in the
 // layer's place (PEFT's merge_and_unload). The result has no LoRA layer left.
-MergeReport merge_and_unload(nn::Module& model);
+//
+// An NF4 (QLoRA) base: by default (requantize = false) W0 is dequantised and
+// the merged weight stays float32: the layer becomes an nn::Linear (frozen,
+// like the base) holding dequant(W0) + delta, exactly the weight the unmerged
+// layer computes with, so the merged model matches the unmerged one up to
+// float32 rounding. requantize = true rounds the merged weight to NF4 again
+// (blocksize and double quantisation of the base), as PEFT does for a
+// bitsandbytes 4-bit base: the layer stays an NF4Linear, 4 bits per weight,
+// and the merge is lossy (max_requantization_error says how much).
+// Either way NF4Linear layers that hold no adapter stay NF4 (their
+// dequantisation, NF4Linear::dequantize(), is exact), and a layer merged
+// before this call keeps what that merge wrote.
+MergeReport merge_and_unload(nn::Module& model, bool requantize = false);
 
 // Puts every LoRA layer's base back without merging (PEFT's unload): the
 // original model, adapters dropped. Returns the number of layers unwrapped.

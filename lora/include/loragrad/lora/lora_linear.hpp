@@ -20,11 +20,18 @@
 //         which without dropout is (m/n) * ((W0 + s B A) x) + b.
 //   Only n is detached: base(x), b and W0 x_d use the base's own (live) weight
 //   and bias, so a base made trainable gets exactly PEFT's gradients.
+//   n is computed without any (out, in) temporary (see dora_row_norm()):
+//     n_i^2 = ||W0_i||^2 + 2 s (W0 A^T)_i . B_i + s^2 B_i (A A^T) B_i^T
+//   with ||W0_i||^2 cached per base weight, W0 A^T one (out, r) GEMM (NF4:
+//   straight from the codes) and A A^T (r, r). An NF4 base is never
+//   dequantised to a dense copy in forward or backward (W0 x_d under dropout
+//   also runs on the codes).
 //
 // The base is an nn::Linear or a lora::NF4Linear; this class touches it only
 // through forward() and one helper that yields its dense weight (base_weight()).
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -126,6 +133,38 @@ class LoraLinear : public nn::Module {
 
   // ---- maths without a graph (detached results) ----
   Tensor delta_weight(const std::string& name) const;  // s B A, (out, in)
+  // DoRA's row norm n = ||W0 + s B A||_row (out), in the adapter's dtype, for
+  // any adapter (DoRA or not), without forming W0 + s B A, B A or (NF4) a
+  // dequantised W0:
+  //   n_i = sqrt(max(0, ||W0_i||^2 + 2 s (W0 A^T)_i . B_i + s^2 B_i (A A^T) B_i^T))
+  // ||W0_i||^2 (float64) is cached per base weight (base_row_sq_norms()); W0 A^T
+  // is one (out, r) GEMM in the adapter's dtype (an NF4 base: nf4_linear on
+  // the codes); A A^T and the combination are float64.
+  // Precision: the expansion subtracts where W0 and s B A nearly cancel. The
+  // absolute error of n_i^2 is ~eps * (||W0_i||^2 + s^2 ||(B A)_i||^2), so
+  // the expansion alone would give n_i a relative error ~eps * (||W0_i|| / n_i)^2
+  // instead of the dense formula's ~eps * ||W0_i|| / n_i (measured in float64,
+  // s B A = -W0 + a residue, n_i / ||W0_i|| ~ 6e-3, 6e-5, 6e-7: relative errors
+  // 7e-12, 2e-7, 6e-4). Hence a guard: a row whose expanded n_i^2 is below
+  // (||W0_i||^2 + s^2 ||(B A)_i||^2) / 16 (the update cancels most of the row) is
+  // recomputed directly as ||W0_i + s B_i A|| in float64, one row at a time (NF4:
+  // the row decoded), so every row is within ~16x of the dense formula's own
+  // rounding (float64, DoRA's usual regime: agreement ~1e-16..1e-15 relative;
+  // a float32 adapter: ~1e-7, from the float32 GEMM). n_i^2 is clamped at 0 before the
+  // square root; an exactly cancelling row gives n_i = 0 (m / n = inf, as PEFT's
+  // dense formula gives for a zero row).
+  Tensor dora_row_norm(const std::string& name) const;
+  // ||W0_i||^2 for every row i of the base weight (out), float64, computed
+  // from the base's own values (NF4: decoded row by row) and cached. The cache
+  // is keyed on the base weight's identity (the nn::Linear weight's storage,
+  // or the NF4Tensor) and its storage version, so it follows in-place writes
+  // that bump the version (copy_, add_, set, fill_, optimizer steps, merge,
+  // unmerge, set_base_weight), a replaced weight tensor (base->weight = t) and
+  // an NF4 requantisation. A write through a raw pointer must call
+  // bump_version() (as SavedTensor already requires), or the cache is stale.
+  std::shared_ptr<const std::vector<double>> base_row_sq_norms() const;
+  // How many times base_row_sq_norms() computed rather than reused (tests).
+  int64_t base_row_sq_norm_computations() const;
   // The ONE place that knows the base's type: the dense W0 (out, in) (a
   // detached handle to the nn::Linear weight itself, or a fresh float32
   // NF4Linear::dequantize()) and the bias (or undefined).
@@ -153,11 +192,12 @@ class LoraLinear : public nn::Module {
     double scale;
   };
   const Adapter& adapter(const std::string& name, const char* op) const;
-  Tensor dora_row_norm(const std::string& name) const;  // ||W0 + s B A||_row (out), no graph
-  // For forward: the base's weight and bias handles themselves, NOT detached,
-  // so gradient reaches them when the base is trainable, as in PEFT (NF4: the
-  // dequantised weight, a constant; bias undefined when the base has none).
-  Tensor live_base_weight() const;
+  // x W0^T (..., out), without the bias, through the base's own weight: the
+  // nn::Linear weight handle itself, NOT detached, so gradient reaches it when
+  // the base is trainable, as in PEFT (cast to x's dtype if it differs); an NF4
+  // base multiplies from its codes (nf4_linear: constant weight, no dense copy).
+  Tensor base_matmul(const Tensor& x) const;
+  // The base's bias handle itself, NOT detached (undefined when it has none).
   Tensor live_base_bias() const;
   void set_trainable(const std::string& active);
 
@@ -165,6 +205,18 @@ class LoraLinear : public nn::Module {
   std::string active_;
   std::string merged_adapter_;
   Tensor merged_dora_norm_;  // n at merge time (DoRA), for unmerge
+  // The cache of base_row_sq_norms(): the weight it was computed from (the
+  // dense weight's Storage or the NF4Tensor; a weak reference, so it neither
+  // keeps an old weight alive nor can match a new one at a recycled address)
+  // and that storage's version.
+  struct RowSqCache {
+    std::weak_ptr<const void> owner;
+    uint64_t version = 0;
+    std::shared_ptr<const std::vector<double>> sq;  // (out)
+    int64_t computations = 0;
+  };
+  mutable std::mutex row_sq_mu_;  // forward may run on several threads
+  mutable RowSqCache row_sq_;
   bool disabled_ = false;
 };
 

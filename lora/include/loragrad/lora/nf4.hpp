@@ -113,7 +113,9 @@ class NF4Linear : public nn::Module {
   std::string type_name() const override { return "Linear4bit"; }
   std::string extra_repr() const override;
 
-  Tensor dequantize() const { return qweight_->dequantize(); }  // (out, in) float32, for merges and DoRA
+  // (out, in) float32: a dense copy, for merges and PiSSA (forward, backward and
+  // DoRA's row norms work from the codes: nf4_linear, NF4Tensor::decode).
+  Tensor dequantize() const { return qweight_->dequantize(); }
   // Replace the weight by quant(dense) with the same blocksize and double
   // quantisation (e.g. dense = dequantize() + B A * scale, merging an adapter).
   // Returns max |dense - new dequantize()|, the error the requantisation adds.

@@ -13,6 +13,7 @@
 //
 // A directory saved here loads with PeftModel.from_pretrained on the
 // equivalent PyTorch model, and a PEFT-saved directory loads here.
+#include <optional>
 #include <string>
 
 #include "loragrad/lora/inject.hpp"
@@ -56,12 +57,33 @@ NamedTensors adapter_state_dict(const nn::Module& model, const std::string& adap
 
 // ---- directories ----
 
+// Does cfg rebuild adapter `adapter` of the model exactly? The modules it
+// targets (after exclusions; "all-linear" resolved) are exactly those holding
+// the adapter, each with the rank and alpha its rank_pattern / alpha_pattern
+// give (keys tried in cfg's order) and the same dropout, rsLoRA, DoRA and
+// init; qlora says what the bases are; and modules_to_save matches exactly
+// the modules adapter_config() finds trainable outside LoRA layers.
+bool config_describes_adapter(const nn::Module& model, const LoraConfig& cfg, const std::string& adapter = "default");
+
 // What an adapter file says about where it came from (the model itself does
 // not know): PEFT's base_model_name_or_path and task_type, and loragrad's
 // fingerprint of the base's tensors ("loragrad_base_fingerprint").
 struct AdapterProvenance {
   std::string base_model_name_or_path, task_type, base_fingerprint;
+  // The LoraConfig the adapter was made with (apply_lora's), when known. PEFT
+  // writes the config it was given, so save_adapter writes this one (target
+  // names, modules_to_save and patterns as given; patterns sorted by key, as
+  // PEFT's sort_keys=True writes them; "all-linear" expanded to the module
+  // names, as PEFT expands it) when config_describes_adapter() holds for
+  // that written form, and otherwise the config adapter_config() rebuilds
+  // from the layers (the model may have changed since).
+  std::optional<LoraConfig> requested;
 };
+
+// Where PEFT's save_pretrained puts adapter `adapter` when saving into `dir`:
+// `dir` itself for "default", "dir/<adapter>" for any other name (as PEFT
+// 0.21 does). PeftModel.from_pretrained then takes that subdirectory.
+std::string adapter_subdir(const std::string& dir, const std::string& adapter);
 
 // Writes adapter_config.json and adapter_model.safetensors (float32) into
 // `dir`, atomically: both go into "<dir>.tmp.<pid>", which is then renamed to

@@ -71,6 +71,20 @@ struct MetricsRow {
   double train_loss = NAN, val_loss = NAN, lr = NAN, tokens_per_s = NAN, grad_norm = NAN;
 };
 
+// Tensor bytes of a run, measured by the storage allocator (memory.hpp), not
+// computed from shapes: what the frozen base, the trainable weights, their
+// gradients and the optimizer state hold, and the largest extra the forward
+// and backward passes needed on top (activations and temporaries).
+struct MemoryUse {
+  size_t frozen_weights = 0;     // parameters without requires_grad, plus NF4 codes and scales
+  size_t trainable_weights = 0;  // the adapter (or the whole model, for full fine-tuning)
+  size_t gradients = 0;
+  size_t optimizer_state = 0;    // AdamW's two moments per trainable weight
+  size_t activations_peak = 0;   // peak during a step minus what was live before it and the gradients
+  size_t peak_total = 0;         // the largest live tensor bytes during any step
+  std::string str() const;       // one line: "frozen base 1.2 MiB, adapter 24 KiB, ..."
+};
+
 struct TrainResult {
   int64_t steps_done = 0;
   double last_train_loss = NAN;
@@ -81,6 +95,7 @@ struct TrainResult {
   bool stopped_early = false;
   double tokens_per_s = 0.0, steps_per_s = 0.0, train_s = 0.0;
   std::vector<MetricsRow> metrics;
+  MemoryUse memory;
 };
 
 class Trainer {
