@@ -1,5 +1,7 @@
 // loragrad pretrain and loragrad finetune: the two subcommands that train,
 // both through train::Trainer.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -162,6 +164,10 @@ void report(const train::TrainResult& r, const Texts& t) {
     std::cout << "final training loss " << fixed(r.last_train_loss, 4) << " nats/byte\n";
   }
   if (r.stopped_early) std::cout << "stopped early at step " << r.steps_done << "\n";
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
+  std::cout << "memory (measured tensor bytes): " << r.memory.str() << "; peak RSS "
+            << format_bytes(static_cast<double>(usage.ru_maxrss) * 1024) << "\n";
 }
 
 // Checkpoints and metrics of a run whose result is one file go next to it:

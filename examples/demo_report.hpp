@@ -33,14 +33,30 @@ struct Curve {
   std::vector<std::pair<double, double>> points;
 };
 
-// "curve,x,y" rows, with a header line naming x and y.
-void write_curves_csv(const std::string& path, const std::vector<Curve>& curves, const std::string& x_name,
-                      const std::string& y_name);
+// "method,x,y1,y2,..." rows, with a header line: one column per named set of
+// curves (the sets hold the same methods at the same x; a missing value is empty).
+void write_curves_csv(const std::string& path, const std::string& x_name,
+                      const std::vector<std::pair<std::string, std::vector<Curve>>>& columns);
 
-// A standalone SVG: one polyline per curve, axes with ticks and numbers,
-// axis labels, a title and a legend. Both writers throw loragrad::IOError
-// naming the path when it cannot be written.
-void write_curves_svg(const std::string& path, const std::vector<Curve>& curves, const std::string& title,
-                      const std::string& x_label, const std::string& y_label);
+// A horizontal reference line (e.g. the pretrained model's loss, a baseline).
+struct HLine {
+  std::string label;
+  double y = 0;
+};
+
+// One plot: its curves on a log-scale y axis, and reference lines.
+struct Panel {
+  std::string title, y_label;
+  std::vector<Curve> curves;
+  std::vector<HLine> hlines;
+};
+
+// A standalone SVG: the panels stacked over one x axis label, each with a log
+// y axis, grid, ticks and numbers, its title and reference lines (dashed,
+// labelled); every curve has its own colour and marker, shown in one legend
+// (curves with the same name share them across panels). Both writers throw
+// loragrad::IOError naming the path when it cannot be written.
+void write_panels_svg(const std::string& path, const std::string& title, const std::string& x_label,
+                      const std::vector<Panel>& panels);
 
 }  // namespace demo

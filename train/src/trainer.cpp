@@ -10,6 +10,7 @@
 #include <set>
 #include <sstream>
 
+#include "loragrad/autograd.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/memory.hpp"
@@ -181,7 +182,15 @@ std::vector<Batch> Trainer::next_micro_batches() {
   return mb;
 }
 
-double Trainer::validate_now() { return evaluate(model_, val_batches_); }
+double Trainer::validate_now() {
+  const double loss = evaluate(model_, val_batches_);
+  if (on_validation_) {
+    nn::ModeScope eval_mode(model_, false);
+    NoGradGuard no_grad;
+    on_validation_(step_, loss);
+  }
+  return loss;
+}
 
 // Every generator whose position decides what comes next: the batches', and
 // each dropout's (modules sharing one generator are listed once, by the first path).

@@ -123,6 +123,11 @@ class Trainer {
   // Trains from the current step to config.steps (or an early stop).
   TrainResult fit();
 
+  // Called after each validation (step 0 included) with the step and the
+  // validation loss, in eval mode without a graph: e.g. to measure forgetting
+  // on another text at the same moments.
+  void on_validation(std::function<void(int64_t step, double val_loss)> f) { on_validation_ = std::move(f); }
+
   int64_t step() const { return step_; }
   static std::string checkpoint_name(int64_t step);  // "checkpoint-STEP"
 
@@ -147,6 +152,7 @@ class Trainer {
   double best_val_ = NAN;
   int64_t best_step_ = -1, evals_since_best_ = 0;
   std::vector<MetricsRow> metrics_;
+  std::function<void(int64_t, double)> on_validation_;
 };
 
 }  // namespace loragrad::train
