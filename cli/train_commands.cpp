@@ -522,7 +522,7 @@ int run_finetune(int argc, char** argv) {
               << ", scale " << o.scale() << (cfg.use_rslora ? " (rsLoRA: alpha / sqrt(r))" : " (alpha / r)")
               << ", init " << lora::lora_init_name(cfg.init_lora_weights) << ", lr " << lr << "\n"
               << rep.summary() << "\n";
-    if (!rep.modules_to_save.empty()) std::cout << "modules_to_save: " << lora::quoted_list(rep.modules_to_save) << "\n";
+    if (!rep.modules_to_save.empty()) std::cout << "modules_to_save: " << quoted_list(rep.modules_to_save) << "\n";
     print_pattern_matches(rep, cfg);
     identity["targets"] = targets;
     identity["r"] = r;

@@ -47,4 +47,10 @@ std::string printable(const std::string& bytes) {
   return out;
 }
 
+std::string quoted_list(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "'" : ", '") + printable(n) + "'";
+  return "[" + s + "]";
+}
+
 }  // namespace loragrad

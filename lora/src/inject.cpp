@@ -16,12 +16,6 @@
 
 namespace loragrad::lora {
 
-std::string quoted_list(const std::vector<std::string>& names) {
-  std::string s;
-  for (const auto& n : names) s += (s.empty() ? "'" : ", '") + n + "'";
-  return "[" + s + "]";
-}
-
 static bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }

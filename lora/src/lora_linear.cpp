@@ -1,4 +1,4 @@
-// LoraOptions, ModuleDict, DoraMagnitude and LoraLinear (LoRA, rsLoRA, DoRA).
+// LoraOptions, DoraMagnitude and LoraLinear (LoRA, rsLoRA, DoRA).
 // The maths follows PEFT 0.21's lora.Linear and lora.dora.DoraLinearLayer
 // operation for operation, so float64 results agree to rounding.
 #include "loragrad/lora/lora_linear.hpp"
@@ -35,53 +35,6 @@ void LoraOptions::validate(const std::string& where) const {
     throw ValueError(where + ": lora_alpha must be positive and finite, got " + std::to_string(alpha));
   if (!(dropout >= 0 && dropout < 1))
     throw ValueError(where + ": lora_dropout must be in [0, 1), got " + std::to_string(dropout));
-}
-
-// ============================ ModuleDict ============================
-
-void ModuleDict::insert(const std::string& key, nn::ModulePtr m) {
-  if (!m) throw ValueError("ModuleDict: entry '" + key + "' is null");
-  if (contains(key)) throw ValueError("ModuleDict: key '" + key + "' already present");
-  items_.emplace_back(key, std::move(m));
-  const size_t i = items_.size() - 1;  // items_ only grows, so the index stays valid
-  add_child(
-      key, [this, i] { return items_[i].second; },
-      [this, i](const nn::ModulePtr& r) {
-        items_[i].second = r;
-        return true;
-      });
-}
-
-bool ModuleDict::contains(const std::string& key) const {
-  for (const auto& kv : items_)
-    if (kv.first == key) return true;
-  return false;
-}
-
-static std::string join_names(const std::vector<std::string>& names) {
-  std::string s = "[";
-  for (size_t i = 0; i < names.size(); ++i) s += (i ? ", '" : "'") + names[i] + "'";
-  return s + "]";
-}
-
-const nn::ModulePtr& ModuleDict::at(const std::string& key) const {
-  for (const auto& kv : items_)
-    if (kv.first == key) return kv.second;
-  throw ValueError("ModuleDict: no key '" + key + "'; keys: " + join_names(keys()));
-}
-
-std::vector<std::string> ModuleDict::keys() const {
-  std::vector<std::string> k;
-  for (const auto& kv : items_) k.push_back(kv.first);
-  return k;
-}
-
-std::shared_ptr<ModuleDict> ModuleDict::without(const std::string& key) const {
-  auto d = std::make_shared<ModuleDict>();
-  for (const auto& kv : items_)
-    if (kv.first != key) d->insert(kv.first, kv.second);
-  d->train(is_training());
-  return d;
 }
 
 // ============================ DoraMagnitude ============================
@@ -265,7 +218,7 @@ const LoraLinear::Adapter& LoraLinear::adapter(const std::string& name, const ch
   for (const auto& kv : adapters_)
     if (kv.first == name) return kv.second;
   throw ValueError(std::string("LoraLinear.") + op + ": no adapter named '" + name + "'; adapters: " +
-                   join_names(adapter_names()));
+                   quoted_list(adapter_names()));
 }
 
 std::vector<std::string> LoraLinear::adapter_names() const {

@@ -136,4 +136,45 @@ void ModuleList::push_back(ModulePtr m) {
             });
 }
 
+// ============================ ModuleDict ============================
+
+void ModuleDict::insert(const std::string& key, ModulePtr m) {
+  if (!m) throw ValueError("ModuleDict: entry '" + key + "' is null");
+  if (contains(key)) throw ValueError("ModuleDict: key '" + key + "' already present");
+  items_.emplace_back(key, std::move(m));
+  const size_t i = items_.size() - 1;  // items_ only grows, so the index stays valid
+  add_child(
+      key, [this, i] { return items_[i].second; },
+      [this, i](const ModulePtr& r) {
+        items_[i].second = r;
+        return true;
+      });
+}
+
+bool ModuleDict::contains(const std::string& key) const {
+  for (const auto& kv : items_)
+    if (kv.first == key) return true;
+  return false;
+}
+
+const ModulePtr& ModuleDict::at(const std::string& key) const {
+  for (const auto& kv : items_)
+    if (kv.first == key) return kv.second;
+  throw ValueError("ModuleDict: no key '" + key + "'; keys: " + quoted_list(keys()));
+}
+
+std::vector<std::string> ModuleDict::keys() const {
+  std::vector<std::string> k;
+  for (const auto& kv : items_) k.push_back(kv.first);
+  return k;
+}
+
+std::shared_ptr<ModuleDict> ModuleDict::without(const std::string& key) const {
+  auto d = std::make_shared<ModuleDict>();
+  for (const auto& kv : items_)
+    if (kv.first != key) d->insert(kv.first, kv.second);
+  d->train(is_training());
+  return d;
+}
+
 }  // namespace loragrad::nn

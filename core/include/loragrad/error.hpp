@@ -3,6 +3,7 @@
 // message that names the operation, the shapes (or file) and what was expected.
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace loragrad {
 
@@ -20,5 +21,8 @@ struct IOError : Error { using Error::Error; };        // files
 // ASCII stay as they are; control bytes and invalid UTF-8 become \xHH, so a
 // hostile file cannot write escape sequences to the user's terminal.
 std::string printable(const std::string& bytes);
+
+// Names for a message: ['a', 'b'] (each passed through printable()).
+std::string quoted_list(const std::vector<std::string>& names);
 
 }  // namespace loragrad

@@ -153,8 +153,6 @@ LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::st
 // layers (their base_layer and adapter containers), in model order.
 nn::NamedModules target_candidates(const nn::Module& model);
 
-// ["a", "b"] -> "['a', 'b']", for messages.
-std::string quoted_list(const std::vector<std::string>& names);
 
 // The nn::Linear layers QLoRA quantises (path, layer): every one but lm_head,
 // including the float bases inside LoRA layers.

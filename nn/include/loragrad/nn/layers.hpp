@@ -87,4 +87,29 @@ class ModuleList : public Module {
   std::vector<ModulePtr> items_;
 };
 
+// PEFT's nn.ModuleDict: child modules keyed by name, in insertion order.
+class ModuleDict : public Module {
+ public:
+  ModuleDict() = default;
+  // key: new, non-empty, without '.'. Throws ValueError otherwise.
+  void insert(const std::string& key, ModulePtr m);
+  bool contains(const std::string& key) const;
+  // Throws ValueError naming the key and the keys that exist.
+  const ModulePtr& at(const std::string& key) const;
+  template <class M>
+  std::shared_ptr<M> get(const std::string& key) const {
+    return std::dynamic_pointer_cast<M>(at(key));
+  }
+  std::vector<std::string> keys() const;
+  size_t size() const { return items_.size(); }
+  bool empty() const { return items_.empty(); }
+  // A new dict holding every entry but `key` (a Module cannot unregister a
+  // child, so removing means rebuilding the container). Keeps the train flag.
+  std::shared_ptr<ModuleDict> without(const std::string& key) const;
+  std::string type_name() const override { return "ModuleDict"; }
+
+ private:
+  std::vector<std::pair<std::string, ModulePtr>> items_;
+};
+
 }  // namespace loragrad::nn
