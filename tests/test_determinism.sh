@@ -14,13 +14,7 @@ L=${1:?usage: test_determinism.sh path/to/loragrad}
 T=$(mktemp -d "${TMPDIR:-/tmp}/loragrad_det.XXXXXX")
 trap 'rm -rf "$T"' EXIT
 unset OMP_NUM_THREADS
-failures=0
-checks=0
-
-fail() {
-  echo "FAIL: $*"
-  failures=$((failures + 1))
-}
+. "$(dirname "$0")/cli_lib.sh"
 
 # run DESCRIPTION -- COMMAND...: must exit 0.
 run() {

@@ -25,22 +25,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-}
 
 // A directory holding one file "version" with the given text.
 void make_version_dir(const fs::path& d, const std::string& text) {
   fs::create_directories(d);
-  write_text(d / "version", text);
+  write_bytes(d / "version", text);
 }
 
 // A pid that is certainly not running: a child that has exited and been reaped.
@@ -119,9 +109,9 @@ BOOST_AUTO_TEST_CASE(stale_temporaries_of_dead_writers_are_removed_on_the_next_w
   TempDir tmp;
   const std::string path = tmp.file("model.safetensors");
   const std::string dead = std::to_string(dead_pid());
-  write_text(path + ".tmp." + dead, "half a file");
-  write_text(path + ".tmp.1", "pid 1 is alive: not ours to remove");
-  write_text(tmp.file("other.safetensors.tmp." + dead), "another file's temporary: left alone");
+  write_bytes(path + ".tmp." + dead, "half a file");
+  write_bytes(path + ".tmp.1", "pid 1 is alive: not ours to remove");
+  write_bytes(tmp.file("other.safetensors.tmp." + dead), "another file's temporary: left alone");
   save_safetensors(path, {{"x", zeros({3})}});
   BOOST_TEST(!fs::exists(path + ".tmp." + dead));
   BOOST_TEST(fs::exists(path + ".tmp.1"));
@@ -141,10 +131,10 @@ BOOST_AUTO_TEST_CASE(stale_temporaries_of_dead_writers_are_removed_on_the_next_w
   lora::save_adapter(*model, ad, "default", /*overwrite=*/true);
   BOOST_TEST(!fs::exists(ad + ".old." + dead));
   const std::string txt = tmp.file("notes.txt");
-  write_text(txt + ".tmp." + dead, "partial");
+  write_bytes(txt + ".tmp." + dead, "partial");
   write_file_atomically(txt, "done", "test");
   BOOST_TEST(!fs::exists(txt + ".tmp." + dead));
-  BOOST_TEST(read_text(txt) == "done");
+  BOOST_TEST(read_bytes(txt) == "done");
 }
 
 // Defect 3: at every instant DIR holds the complete old or the complete new
@@ -174,7 +164,7 @@ BOOST_AUTO_TEST_CASE(replace_directory_never_loses_the_directory) {
             remove_stale_temporaries(dir);
           }
           BOOST_REQUIRE(fs::exists(fs::path(dir) / "version"));
-          const std::string seen = read_text(fs::path(dir) / "version");
+          const std::string seen = read_bytes(fs::path(dir) / "version");
           BOOST_TEST((seen == "old" || seen == "new"));
           // The next writer cleans up after the dead one and leaves only DIR.
           testing::force_rename_fallback = fallback;
@@ -182,7 +172,7 @@ BOOST_AUTO_TEST_CASE(replace_directory_never_loses_the_directory) {
           make_version_dir(staged, "newer");
           replace_directory(staged, dir, "test");
           testing::force_rename_fallback = false;
-          BOOST_TEST(read_text(fs::path(dir) / "version") == "newer");
+          BOOST_TEST(read_bytes(fs::path(dir) / "version") == "newer");
           BOOST_TEST(tmp.listing() == std::vector<std::string>{"adapter"});
         }
       }
@@ -192,7 +182,7 @@ BOOST_AUTO_TEST_CASE(replace_directory_never_loses_the_directory) {
       const std::string dir = tmp.file("adapter");
       make_version_dir(dir + ".old." + std::to_string(dead_pid()), "old");
       remove_stale_temporaries(dir);
-      BOOST_TEST(read_text(fs::path(dir) / "version") == "old");
+      BOOST_TEST(read_bytes(fs::path(dir) / "version") == "old");
     }
   }
 }
@@ -220,7 +210,7 @@ BOOST_AUTO_TEST_CASE(an_error_while_replacing_keeps_the_old_directory) {
       testing::force_rename_fallback = false;
       const bool step_runs = std::strcmp(step, "staged") == 0 || fallback;
       BOOST_TEST(threw == step_runs);
-      BOOST_TEST(read_text(fs::path(dir) / "version") == (step_runs ? "old" : "new"));
+      BOOST_TEST(read_bytes(fs::path(dir) / "version") == (step_runs ? "old" : "new"));
       fs::remove_all(staged);
       BOOST_TEST(tmp.listing() == std::vector<std::string>{"adapter"});
     }
@@ -231,7 +221,7 @@ BOOST_AUTO_TEST_CASE(an_error_while_replacing_keeps_the_old_directory) {
   make_version_dir(dir, "old");
   check_throws<IOError>([&] { replace_directory(tmp.file("nothing"), dir, "save_adapter"); },
                         {"save_adapter", dir});
-  BOOST_TEST(read_text(fs::path(dir) / "version") == "old");
+  BOOST_TEST(read_bytes(fs::path(dir) / "version") == "old");
 }
 
 // The whole save_adapter path over an existing adapter, killed at each step.
@@ -243,7 +233,7 @@ BOOST_AUTO_TEST_CASE(save_adapter_over_an_adapter_killed_at_any_step) {
   cfg.target_modules = {"q_proj"};
   lora::apply_lora(*model, cfg);
   lora::save_adapter(*model, dir);
-  const std::string before = read_text(fs::path(dir) / "adapter_model.safetensors");
+  const std::string before = read_bytes(fs::path(dir) / "adapter_model.safetensors");
   cfg.r = 4;  // a visibly different adapter
   auto other = tiny();
   lora::apply_lora(*other, cfg);
@@ -255,7 +245,7 @@ BOOST_AUTO_TEST_CASE(save_adapter_over_an_adapter_killed_at_any_step) {
     BOOST_TEST((r == 8 || r == 4));
   }
   lora::save_adapter(*model, dir, "default", true);
-  BOOST_TEST(read_text(fs::path(dir) / "adapter_model.safetensors") == before);
+  BOOST_TEST(read_bytes(fs::path(dir) / "adapter_model.safetensors") == before);
   BOOST_TEST(tmp.listing() == std::vector<std::string>{"ad"});
 }
 
@@ -265,7 +255,7 @@ BOOST_AUTO_TEST_CASE(write_file_atomically_names_the_path_on_error) {
                         {"write_adapter_config", "no/such/dir/f.json.tmp."});
   write_file_atomically(tmp.file("f.json"), "one", "t");
   write_file_atomically(tmp.file("f.json"), "two", "t");
-  BOOST_TEST(read_text(tmp.file("f.json")) == "two");
+  BOOST_TEST(read_bytes(tmp.file("f.json")) == "two");
   BOOST_TEST(tmp.listing() == std::vector<std::string>{"f.json"});
 }
 

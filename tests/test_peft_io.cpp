@@ -31,17 +31,7 @@ namespace {
 
 const std::string kPeft = std::string(LORAGRAD_FIXTURE_DIR) + "/peft";
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-}
 
 
 std::shared_ptr<nn::TinyGPT> tiny(DType dt = DType::f32) {
@@ -90,7 +80,7 @@ std::string config_with(const std::string& key, const std::string& value) {
 // sort_keys=True), no trailing newline), except auto_mapping's library name.
 BOOST_AUTO_TEST_CASE(config_json_is_byte_identical_to_peft_for_the_same_config) {
   for (const std::string name : {"lora_qv", "dora_all"}) {
-    const std::string peft = read_text(kPeft + "/tinygpt_" + name + "/adapter_config.json");
+    const std::string peft = read_bytes(kPeft + "/tinygpt_" + name + "/adapter_config.json");
     LoraConfig cfg = read_adapter_config(kPeft + "/tinygpt_" + name + "/adapter_config.json");
     std::string ours = adapter_config_json(cfg, "TinyGPT");
     std::string expected = peft;
@@ -327,7 +317,7 @@ BOOST_AUTO_TEST_CASE(mismatched_directories_are_refused_and_leave_the_model_alon
   check_throws<IOError>([&] { load_adapter(*fresh, dir.string()); }, {"adapter_model.safetensors"});
   check_throws<IOError>([&] { load_adapter(*fresh, (tmp.dir / "absent").string()); }, {"absent", "not a directory"});
   dir = variant("other_targets", f.tensors);
-  write_text(dir / "adapter_config.json", config_with("target_modules", "[\"w_proj\"]"));
+  write_bytes(dir / "adapter_config.json", config_with("target_modules", "[\"w_proj\"]"));
   check_throws<IOError>([&] { load_adapter(*fresh, dir.string()); }, {"adapter_config.json", "'w_proj'", "matched no module"});
   BOOST_CHECK(lora_layers(*fresh).empty());
 

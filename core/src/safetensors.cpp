@@ -8,6 +8,7 @@
 #include "loragrad/safetensors.hpp"
 
 #include "loragrad/files.hpp"
+#include "loragrad/json_sax.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -88,10 +89,9 @@ size_t known_dtype_size(const std::string& s) {
 }
 
 // Syntax check plus duplicate keys at any depth, without building a value.
-struct DuplicateKeyFinder : nlohmann::json_sax<Json> {
+struct DuplicateKeyFinder : JsonSaxBase {
   std::vector<std::set<std::string>> keys_per_object;  // one set per open object
   std::string duplicate;                               // the first duplicate key
-  std::string error;                                   // the parse error, if any
 
   bool start_object(std::size_t) override { keys_per_object.emplace_back(); return true; }
   bool end_object() override { keys_per_object.pop_back(); return true; }
@@ -99,19 +99,6 @@ struct DuplicateKeyFinder : nlohmann::json_sax<Json> {
     if (!keys_per_object.back().insert(k).second && duplicate.empty()) duplicate = k;
     return true;
   }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    error = e.what();
-    return false;
-  }
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
 };
 
 struct Entry {

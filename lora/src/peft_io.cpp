@@ -15,6 +15,7 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/files.hpp"
+#include "loragrad/json_sax.hpp"
 #include "loragrad/lora/nf4.hpp"
 
 namespace loragrad::lora {
@@ -97,9 +98,8 @@ namespace {
 // Finds which key a JSON error belongs to: nlohmann's own messages name only
 // a byte position ("number overflow parsing '1e400'"), so a SAX pass keeps
 // the path of keys down to where the parser stopped.
-struct KeyTracker : nlohmann::json_sax<json> {
+struct KeyTracker : JsonSaxBase {
   std::vector<std::string> path;  // one entry per open object: its current key
-  std::string error;
 
   std::string where() const {
     std::string w;
@@ -110,19 +110,6 @@ struct KeyTracker : nlohmann::json_sax<json> {
   bool start_object(std::size_t) override { path.emplace_back(); return true; }
   bool end_object() override { path.pop_back(); return true; }
   bool key(string_t& k) override { path.back() = k; return true; }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
-    error = e.what();
-    return false;
-  }
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_array(std::size_t) override { return true; }
-  bool end_array() override { return true; }
 };
 
 // Reads one key of a parsed config, with errors that name the file and key.
