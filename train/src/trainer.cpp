@@ -219,8 +219,7 @@ TrainResult Trainer::fit() {
   }
   for (const MetricsRow& r : metrics_)
     if (r.step == 0) res.val_loss_before = r.val_loss;
-  if (!cfg_.quiet && has_val && step_ == 0)
-    std::cout << "step 0: validation loss " << csv_number(res.val_loss_before).substr(0, 6) << " nats/byte\n";
+  if (has_val && step_ == 0) std::printf("step 0: validation loss %.4f nats/byte\n", res.val_loss_before);
 
   const int64_t first = step_;
   bool stop = cfg_.early_stop > 0 && evals_since_best_ >= cfg_.early_stop;
