@@ -16,23 +16,10 @@ trap 'rm -rf "$T"' EXIT
 unset OMP_NUM_THREADS
 . "$(dirname "$0")/cli_lib.sh"
 
-# run DESCRIPTION -- COMMAND...: must exit 0.
-run() {
-  desc=$1
-  shift 2
-  "$@" >"$T/out" 2>"$T/err"
-  status=$?
-  if [ "$status" -ne 0 ]; then
-    fail "$desc: exit status $status from: $*"
-    sed 's/^/    /' "$T/err"
-    return 1
-  fi
-  return 0
-}
-
 # same_file DESCRIPTION A B: files A and B are byte-identical.
+compared=0
 same_file() {
-  checks=$((checks + 1))
+  compared=$((compared + 1))
   if [ ! -s "$2" ] || [ ! -s "$3" ]; then
     fail "$1: $2 or $3 is missing or empty"
   elif ! cmp -s "$2" "$3"; then
@@ -63,7 +50,7 @@ small="--steps 5 --batch 8 --quiet"
 # Pretraining: the --threads 1 checkpoint is also the base of the fine-tunings.
 B="$T/base_t1.safetensors"
 for n in 1 2; do
-  run "pretrain --threads $n" -- "$L" pretrain --domain stories $small --seq 64 --d-model 128 --layers 2 --heads 4 \
+  ok "pretrain --threads $n" -- "$L" pretrain --domain stories $small --seq 64 --d-model 128 --layers 2 --heads 4 \
     --threads $n --out "$T/base_t$n.safetensors"
 done
 same_file "pretrain" "$T/base_t1.safetensors" "$T/base_t2.safetensors"
@@ -72,18 +59,18 @@ same_file "pretrain" "$T/base_t1.safetensors" "$T/base_t2.safetensors"
 # Full fine-tuning writes a checkpoint; the LoRA family an adapter directory
 # (adapter_model.safetensors and adapter_config.json).
 for n in 1 2; do
-  run "finetune full --threads $n" -- "$L" finetune --base "$B" --method full --domain recipes $small \
+  ok "finetune full --threads $n" -- "$L" finetune --base "$B" --method full --domain recipes $small \
     --threads $n --out "$T/full_t$n.safetensors"
 done
 same_file "finetune full" "$T/full_t1.safetensors" "$T/full_t2.safetensors"
 
 for m in lora loraplus dora qlora; do
   for n in 1 2; do
-    run "finetune $m --threads $n" -- "$L" finetune --base "$B" --method $m --targets all-linear --domain recipes \
+    ok "finetune $m --threads $n" -- "$L" finetune --base "$B" --method $m --targets all-linear --domain recipes \
       $small --threads $n --out "$T/${m}_t$n"
   done
   same_dir "finetune $m" "$T/${m}_t1" "$T/${m}_t2"
 done
 
-echo "$checks files compared, $failures failed"
-[ "$failures" -eq 0 ] && [ "$checks" -eq 14 ]  # 2 checkpoints, 4 x (weights, config, metrics)
+echo "$compared files compared, $failures failed"
+[ "$failures" -eq 0 ] && [ "$compared" -eq 14 ]  # 2 checkpoints, 4 x (weights, config, metrics)
