@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "loragrad/app/args.hpp"
 #include "loragrad/autograd.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/lora_linear.hpp"
@@ -152,16 +153,23 @@ void bench_tinygpt(bool nf4, bool generation, int reps) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 20;
+  loragrad::app::Args a("dora_bench", "Peak tensor bytes and time of DoRA forward + backward over float32 and NF4 bases.",
+                        "");
+  a.option("--reps", "N", "repetitions per measurement", "20");
+  a.option("--threads", "N", "OpenMP threads (default: OpenMP's choice)");
+  a.option("--only", "WHICH", "layer or tinygpt (default both)");
+  int reps = 0;
   std::string only;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) omp_set_num_threads(std::atoi(argv[++i]));
-    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
-    else {
-      std::fprintf(stderr, "usage: dora_bench [--reps N] [--threads N] [--only layer|tinygpt]\n");
-      return 2;
-    }
+  try {
+    if (!a.parse(argc, argv, 1)) return 0;
+    reps = static_cast<int>(a.integer("--reps", 1, 1000000));
+    if (a.given("--threads")) omp_set_num_threads(static_cast<int>(a.integer("--threads", 1, 1024)));
+    if (a.given("--only")) only = a.str("--only");
+    if (!only.empty() && only != "layer" && only != "tinygpt")
+      throw loragrad::app::UsageError("dora_bench: --only must be layer or tinygpt, got '" + only + "'");
+  } catch (const loragrad::app::UsageError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
   }
   if (only.empty() || only == "layer")
     for (bool nf4 : {false, true})

@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "loragrad/app/args.hpp"
 #include "loragrad/kernels/gemm.hpp"
 
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
@@ -80,17 +81,18 @@ using CoreNameFn = char* (*)();
 }  // namespace
 
 int main(int argc, char** argv) {
+  loragrad::app::Args a("gemm_bench", "loragrad's float GEMM against a naive loop and OpenBLAS cblas_sgemm.", "");
+  a.flag("--quick", "fewer shapes and repetitions");
+  a.option("--threads", "N", "one thread count (default: 1 and 2)");
   bool quick = false;
   std::vector<int> thread_counts = {1, 2};
-  for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--quick") == 0) {
-      quick = true;
-    } else if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
-      thread_counts = {std::atoi(argv[++i])};
-    } else {
-      std::fprintf(stderr, "usage: %s [--quick] [--threads N]\n", argv[0]);
-      return 2;
-    }
+  try {
+    if (!a.parse(argc, argv, 1)) return 0;
+    quick = a.is_set("--quick");
+    if (a.given("--threads")) thread_counts = {static_cast<int>(a.integer("--threads", 1, 1024))};
+  } catch (const loragrad::app::UsageError& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
   }
 
   auto env = [](const char* name) {

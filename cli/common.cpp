@@ -117,29 +117,4 @@ std::string terminal_safe(const std::string& s) {
   return out;
 }
 
-std::string fixed(double x, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
-  return buf;
-}
-
-std::string with_commas(int64_t n) {
-  std::string s = std::to_string(n < 0 ? -n : n), out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i > 0 && (s.size() - i) % 3 == 0) out += ',';
-    out += s[i];
-  }
-  return n < 0 ? "-" + out : out;
-}
-
-std::string format_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) {
-    bytes /= 1024;
-    ++u;
-  }
-  return (u == 0 ? std::to_string(static_cast<int64_t>(bytes)) : fixed(bytes, 2)) + " " + units[u];
-}
-
 }  // namespace loragrad::cli

@@ -5,11 +5,15 @@
 #include <memory>
 #include <string>
 
-#include "args.hpp"
+#include "loragrad/app/args.hpp"
+#include "loragrad/format.hpp"
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 
 namespace loragrad::cli {
+
+using app::Args;
+using app::UsageError;
 
 // Each subcommand: argv[1] is its name; returns the exit status.
 int run_pretrain(int argc, char** argv);
@@ -40,10 +44,5 @@ void set_threads(const Args& a);
 
 // Bytes a terminal should not interpret become '?'.
 std::string terminal_safe(const std::string& s);
-std::string fixed(double x, int digits);
-// "1,234,567"
-std::string with_commas(int64_t n);
-// "1.50 MiB"
-std::string format_bytes(double bytes);
 
 }  // namespace loragrad::cli

@@ -18,7 +18,6 @@
 #include <iostream>
 #include <string>
 
-#include "args.hpp"
 #include "common.hpp"
 #include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"

@@ -1,6 +1,5 @@
 // loragrad pretrain and loragrad finetune: the two subcommands that train,
 // both through train::Trainer.
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cctype>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "loragrad/memory.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/files.hpp"
@@ -164,10 +164,8 @@ void report(const train::TrainResult& r, const Texts& t) {
     std::cout << "final training loss " << fixed(r.last_train_loss, 4) << " nats/byte\n";
   }
   if (r.stopped_early) std::cout << "stopped early at step " << r.steps_done << "\n";
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
   std::cout << "memory (measured tensor bytes): " << r.memory.str() << "; peak RSS "
-            << format_bytes(static_cast<double>(usage.ru_maxrss) * 1024) << "\n";
+            << format_bytes(static_cast<double>(memory::peak_rss_bytes())) << "\n";
 }
 
 // Checkpoints and metrics of a run whose result is one file go next to it:

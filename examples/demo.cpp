@@ -33,7 +33,6 @@
 // Exit status: 0 when every check holds, 1 when one fails (or on a runtime
 // error), 2 on a bad command line.
 #include <omp.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -48,10 +47,14 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "demo_report.hpp"
+#include "loragrad/app/args.hpp"
+#include "loragrad/format.hpp"
+#include "loragrad/memory.hpp"
 #include "loragrad/parallel.hpp"
 #include "loragrad/autograd.hpp"
 #include "loragrad/data/byte_dataset.hpp"
@@ -71,8 +74,8 @@
 using namespace loragrad;
 using namespace loragrad::nn;
 using namespace loragrad::train;
-using demo::fixed;
-using demo::format_bytes;
+using loragrad::app::Args;
+using loragrad::app::UsageError;
 namespace fs = std::filesystem;
 
 namespace {
@@ -113,90 +116,38 @@ void apply_quick(Options& o) {
   o.corpus_bytes = 128 << 10;
 }
 
-const char* kUsage =
-    "usage: demo [flags]\n"
-    "  --steps N          adaptation steps per method (default 300; the same tokens for every method)\n"
-    "  --pretrain-steps N steps of pretraining when no checkpoint is reused (default 500)\n"
-    "  --seed N           corpora, weights, batches, adapters and sampling (default 0)\n"
-    "  --threads N        OpenMP threads (default: OpenMP's choice)\n"
-    "  --lr-scale X       multiply every method's learning rate by X (default 1; for sweeps)\n"
-    "  --out DIR          checkpoint, adapters, loss curves (default out)\n"
-    "  --quiet            no live progress bars, plain log lines\n"
-    "  --quick            a seconds-long smoke run (tiny model, few steps); other flags override it\n"
-    "  --help             this text\n";
-
-struct UsageError {
-  std::string message;
-};
-
-int64_t parse_int(const std::string& flag, const std::string& s, int64_t lo, int64_t hi) {
-  size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (s.empty() || used != s.size()) throw UsageError{flag + " expects an integer, got '" + s + "'"};
-  if (v < lo || v > hi)
-    throw UsageError{flag + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + s};
-  return v;
+// The flags; --help prints them. Defaults are Options' (or --quick's) values.
+Args demo_flags() {
+  Args a("demo", "Pretrain a TinyGPT on stories, adapt it to recipes with full fine-tuning, LoRA, LoRA+, DoRA and\n"
+                 "QLoRA, and compare what each learns, forgets and costs.", "");
+  a.option("--steps", "N", "adaptation steps per method (default 300; the same tokens for every method)");
+  a.option("--pretrain-steps", "N", "steps of pretraining when no checkpoint is reused (default 500)");
+  a.option("--seed", "N", "corpora, weights, batches, adapters and sampling (default 0)");
+  a.option("--threads", "N", "OpenMP threads (default: OpenMP's choice)");
+  a.option("--lr-scale", "X", "multiply every method's learning rate by X (default 1; for sweeps)");
+  a.option("--out", "DIR", "checkpoint, adapters, loss curves (default out)");
+  a.flag("--quiet", "no live progress bars, plain log lines");
+  a.flag("--quick", "a seconds-long smoke run (tiny model, few steps); other flags override it");
+  a.option("--child", "METHOD", "(internal) run one method and write its result to --child-result");
+  a.option("--child-result", "FILE", "(internal) where --child writes its result (JSON)");
+  return a;
 }
 
-Options parse_args(int argc, char** argv) {
+// Options from the command line; nullopt after --help. UsageError (exit 2) on a bad flag or value.
+std::optional<Options> parse_args(int argc, char** argv) {
+  Args a = demo_flags();
+  if (!a.parse(argc, argv, 1)) return std::nullopt;
   Options o;
-  std::vector<std::string> args(argv + 1, argv + argc);
-  for (const std::string& a : args)  // a preset: explicit flags win wherever they stand
-    if (a == "--quick") apply_quick(o);
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string flag = args[i], value;
-    bool has_value = false;
-    if (const size_t eq = flag.find('='); flag.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = flag.substr(eq + 1);
-      flag = flag.substr(0, eq);
-      has_value = true;
-    }
-    if (flag == "--quick" || flag == "--quiet" || flag == "--help") {
-      if (has_value) throw UsageError{flag + " takes no value"};
-      if (flag == "--quiet") o.quiet = true;
-      if (flag == "--help") {
-        std::cout << kUsage;
-        std::exit(0);
-      }
-      continue;
-    }
-    if (flag != "--steps" && flag != "--pretrain-steps" && flag != "--seed" && flag != "--threads" &&
-        flag != "--out" && flag != "--lr-scale" && flag != "--child" && flag != "--child-result")
-      throw UsageError{(flag.rfind("--", 0) == 0 ? "unknown flag '" : "unexpected argument '") + flag +
-                       "' (see --help)"};
-    if (!has_value) {
-      if (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0) throw UsageError{flag + " expects a value"};
-      value = args[++i];
-    }
-    if (flag == "--steps") o.steps = parse_int(flag, value, 1, 1000000);
-    if (flag == "--pretrain-steps") o.pretrain_steps = parse_int(flag, value, 1, 1000000);
-    if (flag == "--seed")
-      o.seed = static_cast<uint64_t>(parse_int(flag, value, 0, std::numeric_limits<int64_t>::max()));
-    if (flag == "--threads") o.threads = parse_int(flag, value, 1, 1024);
-    if (flag == "--lr-scale") {
-      size_t used = 0;
-      double v = 0;
-      try {
-        v = std::stod(value, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      if (value.empty() || used != value.size() || !(v > 0) || !std::isfinite(v))
-        throw UsageError{"--lr-scale expects a positive number, got '" + value + "'"};
-      o.lr_scale = v;
-    }
-    if (flag == "--child") o.child = value;
-    if (flag == "--child-result") o.child_result = value;
-    if (flag == "--out") {
-      if (value.empty()) throw UsageError{"--out expects a directory, got ''"};
-      o.out = value;
-    }
-  }
+  if (a.is_set("--quick")) apply_quick(o);  // a preset: explicit flags win
+  o.quiet = a.is_set("--quiet");
+  if (a.given("--steps")) o.steps = a.integer("--steps", 1, 1000000);
+  if (a.given("--pretrain-steps")) o.pretrain_steps = a.integer("--pretrain-steps", 1, 1000000);
+  if (a.given("--seed")) o.seed = static_cast<uint64_t>(a.integer("--seed", 0, std::numeric_limits<int64_t>::max()));
+  if (a.given("--threads")) o.threads = a.integer("--threads", 1, 1024);
+  if (a.given("--lr-scale")) o.lr_scale = a.real("--lr-scale", 1e-6, 1e6);
+  if (a.given("--out")) o.out = a.str("--out");
+  if (a.given("--child")) o.child = a.str("--child");
+  if (a.given("--child-result")) o.child_result = a.str("--child-result");
   return o;
 }
 
@@ -305,7 +256,7 @@ struct Result {
   std::string name, lr;
   int64_t trainable = 0;
   MemoryUse mem;                     // from the Trainer: measured by the storage allocator
-  size_t peak_rss = 0;               // the method's own process, getrusage ru_maxrss
+  size_t peak_rss = 0;               // the method's own process (memory::peak_rss_bytes)
   double step_ms = 0;                // median over the steps, from the Trainer's tokens/s
   double load = std::nan("");        // 1-minute load average when the training ended
   double loss_b = 0;                 // validation, recipes
@@ -584,9 +535,7 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
       res.requant_merged_loss_b = evaluate(*requant, d.val_b);
     }
   }
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);  // ru_maxrss is in KiB on Linux
-  res.peak_rss = static_cast<size_t>(usage.ru_maxrss) * 1024;
+  res.peak_rss = memory::peak_rss_bytes();
   return res;
 }
 
@@ -768,9 +717,7 @@ int run(const Options& o, const std::vector<std::string>& args) {
             << "             " << svg << "\n"
             << "total time "
             << fixed(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1) << " s\n";
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  std::cout << "peak RSS " << demo::format_bytes(static_cast<size_t>(usage.ru_maxrss) * 1024)
+  std::cout << "peak RSS " << format_bytes(static_cast<double>(memory::peak_rss_bytes()))
             << " (this process: corpora, pretraining, the table; each method's is in the table)\n";
   if (!ok) {
     std::cerr << "demo: a check failed (see 'A off=base' and 'reload diff')\n";
@@ -785,9 +732,11 @@ int main(int argc, char** argv) {
   loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   Options options;
   try {
-    options = parse_args(argc, argv);
+    std::optional<Options> parsed = parse_args(argc, argv);
+    if (!parsed) return 0;  // --help
+    options = *parsed;
   } catch (const UsageError& e) {
-    std::cerr << "demo: " << e.message << "\n";
+    std::cerr << e.what() << "\n";  // "demo: ..."
     return 2;
   }
   try {

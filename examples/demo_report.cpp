@@ -10,26 +10,11 @@
 #include <sstream>
 
 #include "loragrad/error.hpp"
+#include "loragrad/format.hpp"
 
 namespace demo {
 
-std::string fixed(double x, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, x);
-  return buf;
-}
-
-std::string format_bytes(size_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  double x = static_cast<double>(bytes);
-  int u = 0;
-  while (x >= 1024.0 && u < 3) {
-    x /= 1024.0;
-    ++u;
-  }
-  if (u == 0) return std::to_string(bytes) + " B";
-  return fixed(x, x < 10 ? 2 : x < 100 ? 1 : 0) + " " + units[u];
-}
+using loragrad::fixed;
 
 void Table::add_row(std::vector<std::string> row) {
   row.resize(header_.size());

@@ -10,11 +10,6 @@
 
 namespace demo {
 
-// "512 B", "12.0 KiB", "1.50 MiB": binary units, 3 significant digits.
-std::string format_bytes(size_t bytes);
-// printf("%.*f") into a std::string.
-std::string fixed(double x, int digits);
-
 // Columns sized to their widest cell; the first column left-aligned, the others right-aligned.
 class Table {
  public:

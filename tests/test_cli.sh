@@ -65,7 +65,7 @@ check_info_json() {
   # The table's bytes (its "total" row, or "base weights" without an adapter), as format_bytes prints them.
   want=$(awk -v b="$bytes" 'BEGIN { split("B KiB MiB GiB", u, " "); i = 1
                                    while (b >= 1024 && i < 4) { b /= 1024; i++ }
-                                   if (i == 1) printf "%d B", b; else printf "%.2f %s", b, u[i] }')
+                                   if (i == 1) printf "%d B", b; else if (b < 9.995) printf "%.2f %s", b, u[i]; else if (b < 99.95) printf "%.1f %s", b, u[i]; else printf "%.0f %s", b, u[i] }')
   row="total"
   grep -q '^total ' "$table" || row="base weights"
   grep -q "^$row  *[0-9,]*   $want\$" "$table" ||

@@ -1,6 +1,8 @@
 // Tensor storage, factories, element access, printing.
 #include "loragrad/tensor.hpp"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -168,6 +170,11 @@ size_t cached_bytes() { return BlockCache::get().cached(); }
 void release_cached() { BlockCache::get().release(); }
 long long live_storages() { return g_live_storages.load(std::memory_order_relaxed); }
 size_t storage_bytes(size_t nbytes) { return rounded_size(nbytes); }
+size_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<size_t>(usage.ru_maxrss) * 1024;  // ru_maxrss is in KiB on Linux
+}
 }  // namespace memory
 
 Storage::Storage(size_t n, bool zero) : nbytes(n) {

@@ -10,6 +10,7 @@
 #include <set>
 #include <tuple>
 
+#include "loragrad/format.hpp"
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/path_regex.hpp"
 #include "loragrad/nn/layers.hpp"
@@ -331,16 +332,6 @@ LoraReport apply_lora(nn::Module& model, const LoraConfig& cfg, const std::strin
 
 double LoraReport::trainable_percent() const {
   return all_params > 0 ? 100.0 * static_cast<double>(trainable_params) / static_cast<double>(all_params) : 0.0;
-}
-
-// 1234567 -> "1,234,567", as Python's f"{n:,d}".
-static std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n < 0 ? -n : n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return (n < 0 ? "-" : "") + out;
 }
 
 std::string LoraReport::summary() const {

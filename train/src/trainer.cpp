@@ -12,6 +12,7 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/files.hpp"
+#include "loragrad/format.hpp"
 #include "loragrad/lora/nf4.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
@@ -82,14 +83,6 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-std::string bytes_text(size_t b) {
-  char buf[32];
-  if (b < 1024) std::snprintf(buf, sizeof buf, "%zu B", b);
-  else if (b < (size_t{1} << 20)) std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024.0);
-  else std::snprintf(buf, sizeof buf, "%.2f MiB", b / 1048576.0);
-  return buf;
-}
-
 // The bytes the model's weights and gradients hold now, by kind.
 void weight_bytes(const nn::Module& model, MemoryUse& m) {
   m.frozen_weights = m.trainable_weights = m.gradients = 0;
@@ -104,9 +97,10 @@ void weight_bytes(const nn::Module& model, MemoryUse& m) {
 }  // namespace
 
 std::string MemoryUse::str() const {
-  return "frozen base " + bytes_text(frozen_weights) + ", trainable " + bytes_text(trainable_weights) +
-         ", gradients " + bytes_text(gradients) + ", optimizer state " + bytes_text(optimizer_state) +
-         ", activations (peak) " + bytes_text(activations_peak) + "; peak tensor bytes " + bytes_text(peak_total);
+  const auto fb = [](size_t b) { return format_bytes(static_cast<double>(b)); };
+  return "frozen base " + fb(frozen_weights) + ", trainable " + fb(trainable_weights) +
+         ", gradients " + fb(gradients) + ", optimizer state " + fb(optimizer_state) +
+         ", activations (peak) " + fb(activations_peak) + "; peak tensor bytes " + fb(peak_total);
 }
 
 // ============================ config ============================

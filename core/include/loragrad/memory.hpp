@@ -43,4 +43,8 @@ long long live_storages();
 // max(nbytes, 1) rounded up to a multiple of 64.
 size_t storage_bytes(size_t nbytes);
 
+// The process's peak resident set size in bytes (getrusage's ru_maxrss): all
+// memory, not only tensors; it never goes down.
+size_t peak_rss_bytes();
+
 }  // namespace loragrad::memory

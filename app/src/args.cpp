@@ -1,4 +1,4 @@
-#include "args.hpp"
+#include "loragrad/app/args.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -8,7 +8,7 @@
 #include <limits>
 #include <sstream>
 
-namespace loragrad::cli {
+namespace loragrad::app {
 
 namespace {
 // Metavars of flags whose value is a file or directory name: never empty.
@@ -17,9 +17,12 @@ bool is_path_metavar(const std::string& metavar) {
 }
 }  // namespace
 
-Args::Args(std::string command, std::string summary) : command_(std::move(command)), summary_(std::move(summary)) {
+Args::Args(std::string command, std::string summary, std::string program)
+    : command_(std::move(command)), summary_(std::move(summary)), program_(std::move(program)) {
   flag("--help", "this text");
 }
+
+std::string Args::invocation() const { return program_.empty() ? command_ : program_ + " " + command_; }
 
 void Args::option(const std::string& name, const std::string& metavar, const std::string& help,
                   const std::string& default_value) {
@@ -49,7 +52,7 @@ bool Args::parse(int argc, char** argv, int first) {
     std::string name = argv[i], value;
     bool has_value = false;
     if (name.rfind("--", 0) != 0)
-      throw UsageError(command_ + ": unexpected argument '" + name + "' (flags start with --; see " + command_ +
+      throw UsageError(command_ + ": unexpected argument '" + name + "' (flags start with --; see " + invocation() +
                        " --help)");
     if (const size_t eq = name.find('='); eq != std::string::npos) {  // --steps=30
       value = name.substr(eq + 1);
@@ -57,7 +60,7 @@ bool Args::parse(int argc, char** argv, int first) {
       has_value = true;
     }
     const Spec* s = find(name);
-    if (!s) throw UsageError(command_ + ": unknown flag '" + name + "' (see loragrad " + command_ + " --help)");
+    if (!s) throw UsageError(command_ + ": unknown flag '" + name + "' (see " + invocation() + " --help)");
     if (!s->takes_value) {
       if (has_value) throw UsageError(command_ + ": " + name + " takes no value");
       if (name == "--help") {
@@ -165,7 +168,7 @@ std::vector<std::string> Args::all(const std::string& name) const {
 
 std::string Args::usage() const {
   std::ostringstream os;
-  os << "usage: loragrad " << command_ << " [flags]\n" << summary_ << "\n\nflags:\n";
+  os << "usage: " << invocation() << " [flags]\n" << summary_ << "\n\nflags:\n";
   std::vector<const Spec*> order;  // --help last
   for (const Spec& s : specs_)
     if (s.name != "--help") order.push_back(&s);
@@ -184,4 +187,4 @@ std::string Args::usage() const {
   return os.str();
 }
 
-}  // namespace loragrad::cli
+}  // namespace loragrad::app

@@ -1,8 +1,10 @@
 #pragma once
-// A small command-line parser for the loragrad subcommands: each subcommand
-// declares its flags (with a help line), parses argv, then reads typed values.
+// The command-line parser of every loragrad program (the `loragrad`
+// subcommands, the demo): each declares its flags (with a help line), parses
+// argv, then reads typed values.
 //
-//   Args a("finetune", "adapt a checkpoint to new text");
+//   Args a("finetune", "adapt a checkpoint to new text");  // loragrad finetune ...
+//   Args d("demo", "...", "");                              // a program of its own: demo ...
 //   a.option("--r", "N", "LoRA rank", "8");
 //   a.flag("--force", "replace an existing --out");
 //   if (!a.parse(argc, argv)) return 0;       // --help was printed
@@ -18,7 +20,7 @@
 #include <string>
 #include <vector>
 
-namespace loragrad::cli {
+namespace loragrad::app {
 
 // A command-line mistake: exit status 2.
 struct UsageError : std::runtime_error {
@@ -27,7 +29,9 @@ struct UsageError : std::runtime_error {
 
 class Args {
  public:
-  Args(std::string command, std::string summary);
+  // `program` "loragrad" and command "finetune": usage "loragrad finetune [flags]";
+  // program "" and command "demo": a program of its own, "demo [flags]".
+  Args(std::string command, std::string summary, std::string program = "loragrad");
 
   // A flag with a value. default_value "" means "no default" (has() is false
   // until given); it is shown in --help otherwise.
@@ -40,7 +44,8 @@ class Args {
   // Free text appended to --help (examples, notes).
   void epilog(const std::string& text) { epilog_ = text; }
 
-  // Parses argv[first..argc). Prints usage() and returns false on --help.
+  // Parses argv[first..argc) (first: 2 after "loragrad COMMAND", 1 for a
+  // program of its own). Prints usage() and returns false on --help.
   bool parse(int argc, char** argv, int first = 2);
 
   bool has(const std::string& name) const;   // given on the command line, or has a default
@@ -66,9 +71,11 @@ class Args {
   const Spec* find(const std::string& name) const;
   const Spec& spec(const std::string& name) const;
 
-  std::string command_, summary_, epilog_;
+  std::string invocation() const;  // "loragrad finetune", or "demo"
+
+  std::string command_, summary_, program_, epilog_;
   std::vector<Spec> specs_;
   std::vector<std::pair<std::string, std::string>> values_;  // given on the command line
 };
 
-}  // namespace loragrad::cli
+}  // namespace loragrad::app
