@@ -3,7 +3,7 @@
 BUILD    ?= build
 JOBS     ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
-DEBS     := cmake g++ make libxtensor-dev libxsimd-dev libboost-test-dev nlohmann-json3-dev
+DEBS     := cmake g++ make pkgconf libxtensor-dev libxsimd-dev libboost-test-dev nlohmann-json3-dev
 # Optional peers for the benchmarks (OpenBLAS, PyTorch); installed by `make bench`.
 BENCH_DEBS := libopenblas-dev python3-torch
 

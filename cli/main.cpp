@@ -21,9 +21,11 @@
 #include "common.hpp"
 #include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"
+#include "loragrad/kernels/isa.hpp"
+#include "loragrad/version.hpp"
 
-// LORAGRAD_VERSION comes from the top-level CMakeLists' project(VERSION):
-// the one place it is written.
+// LORAGRAD_VERSION (loragrad/version.hpp) comes from the top-level
+// CMakeLists' project(VERSION): the one place it is written.
 
 using namespace loragrad::cli;
 
@@ -31,9 +33,10 @@ namespace {
 
 // loragrad version (also loragrad --version): "loragrad X.Y.Z".
 int run_version(int argc, char** argv) {
-  Args a("version", "Print the version: \"loragrad X.Y.Z\" (also: loragrad --version).");
+  Args a("version", "Print the version: \"loragrad X.Y.Z\", then the instruction set of the kernels (also: loragrad --version).");
   if (!a.parse(argc, argv)) return 0;
   std::cout << "loragrad " << LORAGRAD_VERSION << "\n";
+  std::cout << "kernels: " << loragrad::kernels::compiled_isa() << "\n";
   return 0;
 }
 

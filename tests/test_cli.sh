@@ -30,8 +30,9 @@ done
 # ---- --version ----
 for v in --version version; do
   if ok "loragrad $v" -- "$L" $v; then
-    grep -q '^loragrad [0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*$' "$T/out" && [ "$(wc -l <"$T/out")" -eq 1 ] ||
-      fail "loragrad $v: expected one line 'loragrad X.Y.Z', got: $(cat "$T/out")"
+    head -1 "$T/out" | grep -q '^loragrad [0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*$' &&
+      sed -n 2p "$T/out" | grep -Eq '^kernels: (avx512f|avx2\+fma|avx2|sse2)$' && [ "$(wc -l <"$T/out")" -eq 2 ] ||
+      fail "loragrad $v: expected 'loragrad X.Y.Z' then 'kernels: ISA', got: $(cat "$T/out")"
   fi
 done
 

@@ -18,6 +18,7 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/generator.hpp"
+#include "loragrad/kernels/isa.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/ops.hpp"
 
@@ -160,6 +161,11 @@ void count_free(size_t rounded) {
   g_live_bytes.fetch_sub(rounded, std::memory_order_relaxed);
   g_live_storages.fetch_sub(1, std::memory_order_relaxed);
 }
+}  // namespace
+
+namespace {
+// Before any kernel runs: see kernels::require_cpu_support.
+[[maybe_unused]] const bool g_cpu_checked = (kernels::require_cpu_support(), true);
 }  // namespace
 
 namespace memory {

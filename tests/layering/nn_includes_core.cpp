@@ -1,0 +1,3 @@
+// Must compile: nn/ may include core/ (the control for the probes that must fail).
+#include "loragrad/nn/layers.hpp"
+#include "loragrad/tensor.hpp"
