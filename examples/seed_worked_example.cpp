@@ -1,4 +1,4 @@
-// The seed document's worked example (shared/seed/lora-introduction.md, "什么是 LoRA？"),
+// The seed document's worked example (summarised in docs/seed-notes.md),
 // computed with loragrad's real LoRA layer instead of by hand:
 //
 //   a 4x5 linear layer W0 (20 weights, frozen), a rank r = 2 adapter

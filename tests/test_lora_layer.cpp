@@ -196,7 +196,7 @@ BOOST_AUTO_TEST_CASE(peft_pissa) {
 }
 
 // ---------------------------------------------------------------------------
-// The seed document's worked example (lora-introduction.md): a 4x5 layer, r = 2.
+// The seed document's worked example (docs/seed-notes.md): a 4x5 layer, r = 2.
 // ---------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(seed_worked_example) {

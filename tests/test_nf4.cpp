@@ -1,4 +1,4 @@
-// NF4 quantisation (shared/spec/nf4.md) and the frozen NF4 linear layer.
+// NF4 quantisation (docs/nf4.md) and the frozen NF4 linear layer.
 #define BOOST_TEST_MODULE nf4
 #include <boost/test/unit_test.hpp>
 

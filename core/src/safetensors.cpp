@@ -1,4 +1,4 @@
-// safetensors reading and writing (format: ../../shared/spec/peft-format.md).
+// safetensors reading and writing (format: docs/peft-format.md).
 //
 // Layout: 8-byte little-endian header length N, N bytes of JSON, then the data
 // buffer. Each tensor owns the byte range [begin, end) of the buffer; together

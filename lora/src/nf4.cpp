@@ -1,5 +1,5 @@
 // NF4 quantisation: the code book, the dynamic map of double quantisation,
-// quantize_nf4, and decoding (see loragrad/lora/nf4.hpp and shared/spec/nf4.md).
+// quantize_nf4, and decoding (see loragrad/lora/nf4.hpp and docs/nf4.md).
 #include "loragrad/lora/nf4.hpp"
 
 #include <algorithm>

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch reference numbers for tests/test_tinygpt_conformance.cpp.
 
-Builds the Tiny GPT of shared/spec/tiny-gpt.md as a plain PyTorch module (same
+Builds the Tiny GPT of docs/tiny-gpt.md as a plain PyTorch module (same
 parameter names), loads the checkpoint that loragrad wrote
 (fixtures/tinygpt_small.safetensors), runs one fixed batch in float64 and in
 float32, and writes fixtures/tinygpt_small_expected.safetensors holding:
@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
 
 # ----------------------------------------------------------------------------
-# safetensors by hand (format: shared/spec/peft-format.md)
+# safetensors by hand (format: docs/peft-format.md)
 
 _DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64}
 _NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int64): "I64"}
@@ -80,7 +80,7 @@ def write_safetensors(path, tensors, metadata):
 
 
 # ----------------------------------------------------------------------------
-# The Tiny GPT, written the way a PyTorch user would (shared/spec/tiny-gpt.md)
+# The Tiny GPT, written the way a PyTorch user would (docs/tiny-gpt.md)
 
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_model, n_head, dropout):

@@ -1,5 +1,5 @@
 #pragma once
-// safetensors files (the Hugging Face format; see ../shared/spec/peft-format.md):
+// safetensors files (the Hugging Face format; see docs/peft-format.md):
 // 8-byte little-endian header length N, N bytes of JSON header, then the data.
 #include <map>
 #include <string>

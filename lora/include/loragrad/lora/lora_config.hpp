@@ -1,7 +1,7 @@
 #pragma once
 // LoraOptions: the hyper-parameters of one LoRA / rsLoRA / DoRA adapter on one
 // layer, the per-layer part of PEFT's LoraConfig (r, lora_alpha, lora_dropout,
-// use_rslora, use_dora, init_lora_weights). See ../shared/spec/peft-format.md.
+// use_rslora, use_dora, init_lora_weights). See docs/peft-format.md.
 #include <cstdint>
 #include <string>
 

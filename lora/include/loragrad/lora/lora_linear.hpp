@@ -1,6 +1,6 @@
 #pragma once
 // LoraLinear: LoRA, rsLoRA and DoRA adapters around a frozen linear layer,
-// computed as PEFT's lora.Linear computes them (../shared/spec/peft-format.md).
+// computed as PEFT's lora.Linear computes them (docs/peft-format.md).
 //
 // The module tree mirrors PEFT, so parameter names match PEFT's in-model names.
 // Wrapping the layer at path P gives

@@ -1,7 +1,7 @@
 #pragma once
 // NF4 (4-bit NormalFloat) weights, as QLoRA / bitsandbytes store them, and the
 // frozen linear layer that computes straight from them.
-// Format: shared/spec/nf4.md. In short:
+// Format: docs/nf4.md. In short:
 //
 //   weight (out, in) float32, flattened row-major, cut into blocks of
 //   `blocksize` elements (the last may be partial; a block may span rows):
@@ -35,7 +35,7 @@
 
 namespace loragrad::lora {
 
-// The 16 NF4 values, index = 4-bit code (float32, as in nf4.md and bitsandbytes).
+// The 16 NF4 values, index = 4-bit code (float32, as in docs/nf4.md and bitsandbytes).
 const std::array<float, 16>& nf4_code_book();
 
 // bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8):

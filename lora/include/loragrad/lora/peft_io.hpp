@@ -1,5 +1,5 @@
 #pragma once
-// Hugging Face PEFT adapter directories (../shared/spec/peft-format.md):
+// Hugging Face PEFT adapter directories (docs/peft-format.md):
 //
 //   my_adapter/
 //     adapter_config.json          PEFT's LoraConfig, json.dumps(indent=2, sort_keys=True)

@@ -1,5 +1,5 @@
 #pragma once
-// TinyGPT: the reference decoder-only transformer of ../shared/spec/tiny-gpt.md,
+// TinyGPT: the reference decoder-only transformer of docs/tiny-gpt.md,
 // with exactly its parameter names and checkpoint format.
 //
 //   x      = tok_emb[idx] + pos_emb[0..t-1]          (B, t, d)

@@ -1,5 +1,5 @@
 #pragma once
-// The pieces of a pre-LN transformer block (../shared/spec/tiny-gpt.md):
+// The pieces of a pre-LN transformer block (docs/tiny-gpt.md):
 // MultiHeadAttention, FFN and TransformerBlock.
 //
 // The projections (q_proj, k_proj, v_proj, o_proj, fc_in, fc_out) are typed
