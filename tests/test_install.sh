@@ -58,7 +58,7 @@ export PKG_CONFIG_PATH="$P/lib/pkgconfig"
 if flags=$(pkg-config --cflags --libs loragrad 2>"$T/log"); then
   # shellcheck disable=SC2086 # the flags are words
   if run "build the example (pkg-config: $flags)" "$CXX" -O2 -o "$T/pc_example" "$SRC/examples/installed/main.cpp" $flags &&
-     run "run the example (pkg-config)" "$T/pc_example"; then
+     run "run the example (pkg-config)" env LD_LIBRARY_PATH="$P/lib" "$T/pc_example"; then  # a shared build's libraries
     grep -q '^gradcheck: ok$' "$T/log" || fail "pkg-config build: no 'gradcheck: ok' in: $(cat "$T/log")"
     [ ! -f "$T/out_cmake" ] || cmp -s "$T/log" "$T/out_cmake" || fail "the two builds print different numbers"
   fi
