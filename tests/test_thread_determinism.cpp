@@ -129,7 +129,7 @@ BOOST_AUTO_TEST_CASE(gemm_float_and_double) {
           kernels::gemm(ta, tb, M, N, K, 0.5f, A.data<float>(), ta ? M : K, B.data<float>(), tb ? K : N, 1.0f,
                         C.data<float>(), N);
           keep(out, name, C);
-          Tensor Ad = cast(A, DType::f64), Bd = cast(B, DType::f64), Cd = empty({M * N}, DType::f64);
+          Tensor Ad = cast(A, DType::f64), Bd = cast(B, DType::f64), Cd = zeros({M * N}, DType::f64);
           kernels::gemm(ta, tb, M, N, K, 1.0, Ad.data<double>(), ta ? M : K, Bd.data<double>(), tb ? K : N, 0.0,
                         Cd.data<double>(), N);
           keep(out, name + " f64", Cd);

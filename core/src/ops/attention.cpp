@@ -137,8 +137,8 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
   const AttnDims D{q.size(0), q.size(1), q.size(2), n_head, q.size(2) / n_head};
   const int64_t pairs = D.B * D.H;
   const int64_t work = pairs * D.T * D.T * std::max<int64_t>(D.hd, 1);
-  Tensor out = empty(q.shape(), q.dtype());          // (B, T, d)
-  Tensor P = empty({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
+  Tensor out = zeros(q.shape(), q.dtype());          // (B, T, d)
+  Tensor P = zeros({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
   if (q.numel() > 0) {
     dispatch_float(q.dtype(), "causal_attention", [&](auto tag) {
       using T = decltype(tag);
@@ -160,9 +160,9 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
                 [sq = SavedTensor(q, op), sk = SavedTensor(k, op), sv = SavedTensor(v, op), sP = SavedTensor(P, op),
                  D, pairs, work](const Tensor& g, const NeedsGrad& needs) -> Grads {
                   const Tensor& qv = sq.get();
-                  Tensor dq = needs[0] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
-                  Tensor dk = needs[1] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
-                  Tensor dv = needs[2] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dq = needs[0] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dk = needs[1] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dv = needs[2] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
                   if (qv.numel() == 0) return {dq, dk, dv};
                   dispatch_float(qv.dtype(), "causal_attention backward", [&](auto tag) {
                     using T = decltype(tag);

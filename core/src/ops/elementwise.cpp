@@ -332,7 +332,7 @@ Tensor silu(const Tensor& x) {
 Tensor cast(const Tensor& x, DType dt) {
   check_floating(x, "cast");
   if (!is_floating(dt)) throw DTypeError(std::string("cast: target must be float32 or float64, got ") + dtype_name(dt));
-  Tensor y = empty(x.shape(), dt);
+  Tensor y = uninitialized(x.shape(), dt);
   y.copy_(x);
   return record(Op::cast, y, {x}, [from = x.dtype()](const Tensor& g, const NeedsGrad&) -> Grads {
     return {cast(g, from)};
@@ -347,7 +347,7 @@ static Tensor keep_mask(const Tensor& mask, const Shape& shape, DType dt, const 
   if (broadcast_shapes(mask.shape(), shape, op) != shape)
     throw ShapeError(std::string(op) + ": mask " + shape_str(mask.shape()) + " does not broadcast to input " +
                      shape_str(shape));
-  Tensor m = empty(mask.shape(), dt);
+  Tensor m = uninitialized(mask.shape(), dt);
   const std::vector<double> v = mask.to_vector();
   dispatch_float(dt, op, [&](auto tag) {
     using T = decltype(tag);

@@ -46,7 +46,7 @@ void gather_rows(const char* x, char* y, const int64_t* idx, int64_t outer, int6
 // never race on one row.
 Tensor scatter_add_rows(const Tensor& g, const Shape& xshape, const int64_t* idx, int64_t outer, int64_t n,
                         int64_t K, int64_t inner) {
-  Tensor gx = empty(xshape, g.dtype());
+  Tensor gx = zeros(xshape, g.dtype());
   if (inner == 0) return gx;
   dispatch_float(g.dtype(), "scatter_add", [&](auto tag) {
     using T = decltype(tag);
@@ -81,7 +81,7 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   const int64_t K = index.numel(), outer = prod(s, 0, d), inner = prod(s, d + 1, s.size());
   Shape out_shape = s;
   out_shape[d] = K;
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = uninitialized(out_shape, x.dtype());
   gather_rows(static_cast<const char*>(x.raw_data()), static_cast<char*>(y.raw_data()), index.data<int64_t>(),
               outer, s[d], K, inner * static_cast<int64_t>(dtype_size(x.dtype())));
   return record(Op::index_select, y, {x, index},
@@ -100,7 +100,7 @@ Tensor embedding(const Tensor& weight, const Tensor& idx) {
   check_indices(idx, V, "embedding", "weight of shape " + shape_str(weight.shape()));
   Shape out_shape = idx.shape();
   out_shape.push_back(D);
-  Tensor y = empty(out_shape, weight.dtype());  // (idx..., D)
+  Tensor y = uninitialized(out_shape, weight.dtype());  // (idx..., D)
   const int64_t K = idx.numel();
   gather_rows(static_cast<const char*>(weight.raw_data()), static_cast<char*>(y.raw_data()), idx.data<int64_t>(),
               1, V, K, D * static_cast<int64_t>(dtype_size(weight.dtype())));

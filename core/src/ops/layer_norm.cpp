@@ -102,9 +102,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
   check_affine(weight, "weight", x, C);
   check_affine(bias, "bias", x, C);
 
-  Tensor y = empty(x.shape(), x.dtype());
-  Tensor mean = empty({N}, x.dtype());  // (N,)
-  Tensor rstd = empty({N}, x.dtype());  // (N,)
+  Tensor y = zeros(x.shape(), x.dtype());
+  Tensor mean = zeros({N}, x.dtype());  // (N,)
+  Tensor rstd = zeros({N}, x.dtype());  // (N,)
   dispatch_float(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();                                 // (N, C)
@@ -124,9 +124,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
                  srstd = SavedTensor(rstd, op), C, N](const Tensor& g, const NeedsGrad& needs) -> Grads {
                   const Tensor& xv = sx.get();
                   const Tensor& wv = sw.get();
-                  Tensor dx = needs[0] ? empty(xv.shape(), xv.dtype()) : Tensor();
-                  Tensor dw = needs[1] ? empty({C}, xv.dtype()) : Tensor();
-                  Tensor db = needs[2] ? empty({C}, xv.dtype()) : Tensor();
+                  Tensor dx = needs[0] ? zeros(xv.shape(), xv.dtype()) : Tensor();
+                  Tensor dw = needs[1] ? zeros({C}, xv.dtype()) : Tensor();
+                  Tensor db = needs[2] ? zeros({C}, xv.dtype()) : Tensor();
                   dispatch_float(xv.dtype(), "layer_norm backward", [&](auto tag) {
                     using T = decltype(tag);
                     const T* px = xv.data<T>();  // (N, C)

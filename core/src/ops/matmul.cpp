@@ -34,7 +34,7 @@ Tensor batched_product(const Tensor& a, bool ta, const Tensor& b, bool tb, const
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor c = K > 0 ? uninitialized(out_shape, a.dtype()) : empty(out_shape, a.dtype());  // K == 0: zeros
+  Tensor c = K > 0 ? uninitialized(out_shape, a.dtype()) : zeros(out_shape, a.dtype());  // K == 0: zeros
   const int64_t nbatch = shape_numel(batch);
   if (c.numel() == 0 || K == 0) return c;
 
@@ -137,7 +137,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   Shape ys = x.shape();
   ys.back() = out;
-  Tensor y = in > 0 ? uninitialized(ys, x.dtype()) : empty(ys, x.dtype());
+  Tensor y = in > 0 ? uninitialized(ys, x.dtype()) : zeros(ys, x.dtype());
   dispatch_float(x.dtype(), "linear", [&](auto tag) {
     using T = decltype(tag);
     T* py = y.data<T>();  // (rows, out)

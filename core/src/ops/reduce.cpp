@@ -137,7 +137,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
     i = j;
   }
   if (runs.empty()) {  // nothing reduced (0-d input): a scaled copy
-    Tensor y = empty(cur, x.dtype());
+    Tensor y = zeros(cur, x.dtype());
     dispatch_float(x.dtype(), "sum", [&](auto tag) {
       using T = decltype(tag);
       sum_block<T>(x.data<T>(), y.data<T>(), x.numel(), 1, 1, scale);
@@ -148,7 +148,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
     const auto [a, b] = runs[k];
     const int64_t outer = prod(cur, 0, a), red = prod(cur, a, b), inner = prod(cur, b, cur.size());
     for (size_t d = a; d < b; ++d) cur[d] = 1;
-    Tensor y = empty(cur, x.dtype());
+    Tensor y = zeros(cur, x.dtype());
     const double s = k == 0 ? scale : 1.0;  // scale once, on the last pass
     dispatch_float(x.dtype(), "sum", [&](auto tag) {
       using T = decltype(tag);
@@ -162,7 +162,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
 // out (shape) = scale * src broadcast, where src has `src_shape`: same rank as
 // `shape`, each dim equal to it or 1. The backward of every reduction here.
 Tensor broadcast_scaled(const Tensor& src, const Shape& src_shape, const Shape& shape, double scale) {
-  Tensor out = empty(shape, src.dtype());
+  Tensor out = zeros(shape, src.dtype());
   if (out.numel() == 0) return out;
   // Collapse to alternating runs of broadcast / kept dims (size-1 dims dropped).
   std::vector<int64_t> sizes;
@@ -268,8 +268,8 @@ Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, cons
   if (red == 0)
     throw ValueError("max: cannot take the max " + what + " of a tensor of shape " + shape_str(x.shape()) +
                      " (no elements to reduce)");
-  Tensor y = empty(out_shape, x.dtype());
-  Tensor idx = empty(out_shape, DType::i64);
+  Tensor y = zeros(out_shape, x.dtype());
+  Tensor idx = zeros(out_shape, DType::i64);
   dispatch_float(x.dtype(), "max", [&](auto tag) {
     using T = decltype(tag);
     max_block<T>(x.data<T>(), y.data<T>(), idx.data<int64_t>(), outer, red, inner);
@@ -278,7 +278,7 @@ Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, cons
                 [xshape = x.shape(), sidx = SavedTensor(idx, Op::max), outer, red, inner](
                     const Tensor& g, const NeedsGrad&) -> Grads {
                   // the gradient goes to the first maximum of each slice; zeros elsewhere
-                  Tensor gx = empty(xshape, g.dtype());
+                  Tensor gx = zeros(xshape, g.dtype());
                   const int64_t* pi = sidx.get().data<int64_t>();  // (outer, inner)
                   dispatch_float(g.dtype(), "max", [&](auto tag) {
                     using T = decltype(tag);

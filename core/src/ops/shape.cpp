@@ -84,7 +84,7 @@ void permute_copy(const U* x, const Shape& xs, const std::vector<int64_t>& order
 Tensor permute_any(Op op, const Tensor& x, const std::vector<int64_t>& order) {
   Shape out_shape(order.size());
   for (size_t k = 0; k < order.size(); ++k) out_shape[k] = x.shape()[order[k]];
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = zeros(out_shape, x.dtype());
   dispatch_bytes(x.dtype(), [&](auto tag) {
     using U = decltype(tag);
     permute_copy<U>(static_cast<const U*>(x.raw_data()), x.shape(), order, static_cast<U*>(y.raw_data()));
@@ -185,14 +185,14 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
                      " (shape " + shape_str(s) + ")");
   Shape out_shape = s;
   out_shape[d] = length;
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = uninitialized(out_shape, x.dtype());
   const int64_t outer = prod(s, 0, d), inner_bytes = prod(s, d + 1, s.size()) * dtype_size(x.dtype());
   copy_slab(static_cast<char*>(y.raw_data()), length, 0, static_cast<const char*>(x.raw_data()), n, st,
             length, outer, inner_bytes);
   return record(Op::narrow, y, {x}, [xshape = s, d, st, length, outer, inner_bytes](
                                         const Tensor& g, const NeedsGrad&) -> Grads {
     // the slice's gradient lands in its place; zeros elsewhere
-    Tensor gx = empty(xshape, g.dtype());
+    Tensor gx = zeros(xshape, g.dtype());
     copy_slab(static_cast<char*>(gx.raw_data()), xshape[d], st, static_cast<const char*>(g.raw_data()), length,
               0, length, outer, inner_bytes);
     return {gx};
@@ -221,7 +221,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     sizes.push_back(t.shape()[d]);
     out_shape[d] += t.shape()[d];
   }
-  Tensor y = empty(out_shape, first.dtype());
+  Tensor y = uninitialized(out_shape, first.dtype());
   const int64_t outer = prod(out_shape, 0, d);
   const int64_t inner_bytes = prod(out_shape, d + 1, out_shape.size()) * dtype_size(first.dtype());
   int64_t offset = 0;

@@ -162,7 +162,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   check_floating(x, name);
   const int64_t d = wrap_dim(dim, x.dim(), name);
   const RowGeometry geo = geometry(x.shape(), d);
-  Tensor y = empty(x.shape(), x.dtype());
+  Tensor y = zeros(x.shape(), x.dtype());
   dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     over_rows<T>(geo, {x.data<T>()}, y.data<T>(), [&](const std::vector<const T*>& in, T* out) {
@@ -175,7 +175,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   });
   return record(op, y, {x}, [sy = SavedTensor(y, op), geo, log](const Tensor& g, const NeedsGrad&) -> Grads {
     const Tensor& yv = sy.get();
-    Tensor dx = empty(yv.shape(), yv.dtype());
+    Tensor dx = zeros(yv.shape(), yv.dtype());
     dispatch_float(yv.dtype(), log ? "log_softmax backward" : "softmax backward", [&](auto tag) {
       using T = decltype(tag);
       over_rows<T>(geo, {g.data<T>(), yv.data<T>()}, dx.data<T>(),
@@ -251,8 +251,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   for (int64_t t : ids_vec) count += t != ignore_index;
   Tensor ids = from_indices(ids_vec, {N});  // (N,)
 
-  Tensor lse = empty({N}, logits.dtype());  // (N,) logsumexp per row
-  Tensor loss = empty({}, logits.dtype());
+  Tensor lse = zeros({N}, logits.dtype());  // (N,) logsumexp per row
+  Tensor loss = zeros({}, logits.dtype());
   dispatch_float(logits.dtype(), "cross_entropy", [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();  // (N, C)
@@ -276,7 +276,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                     const Tensor& g, const NeedsGrad& needs) -> Grads {
                   if (!needs[0]) return {Tensor(), Tensor()};
                   const Tensor& xv = sx.get();
-                  Tensor dx = empty(xv.shape(), xv.dtype());  // ignored rows stay 0
+                  Tensor dx = zeros(xv.shape(), xv.dtype());  // ignored rows stay 0
                   if (count == 0) return {dx, Tensor()};
                   dispatch_float(xv.dtype(), "cross_entropy backward", [&](auto tag) {
                     using T = decltype(tag);
