@@ -16,14 +16,9 @@
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
-namespace detail {
-// softmax.cpp: sum_j exp(x[j] - shift), the terms written to y.
-float exp_shift_sum(const float* x, float* y, int64_t n, float shift);
-double exp_shift_sum(const double* x, double* y, int64_t n, double shift);
-}  // namespace detail
-
 namespace {
 
 using kernels::gemm;

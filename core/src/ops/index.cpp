@@ -7,9 +7,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // An index tensor must be i64 with every value in [0, n).
 void check_indices(const Tensor& index, int64_t n, const char* op, const std::string& what) {
@@ -22,12 +25,6 @@ void check_indices(const Tensor& index, int64_t n, const char* op, const std::st
     if (pi[k] < 0 || pi[k] >= n)
       throw IndexError(std::string(op) + ": index " + std::to_string(pi[k]) + " out of range [0, " +
                        std::to_string(n) + ") (" + what + ")");
-}
-
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
 }
 
 // y (outer, K, inner) = x (outer, n, inner)[:, idx, :], moved as bytes.

@@ -13,9 +13,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // The dims to reduce: wrapped, sorted, each once; all dims when `dims` is empty.
 std::vector<int64_t> reduce_dims(const Tensor& x, const std::vector<int64_t>& dims, const char* op) {
@@ -47,12 +50,6 @@ Shape reduced_shape(const Shape& s, const std::vector<int64_t>& rdims, bool keep
     else if (keepdim) out.push_back(1);
   }
   return out;
-}
-
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
 }
 
 // A tensor with t's storage and another shape of the same numel (no autograd).

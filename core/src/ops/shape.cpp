@@ -10,9 +10,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // Call f(U{}) with an unsigned integer U of the dtype's element size.
 template <class F>
@@ -105,12 +108,6 @@ void copy_slab(char* dst, int64_t dst_n, int64_t dst_start, const char* src, int
   parallel_for(outer, outer * length * inner_bytes / 8, [&](int64_t o) {
     std::memcpy(dst + (o * dst_n + dst_start) * inner_bytes, src + (o * src_n + src_start) * inner_bytes, run);
   });
-}
-
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
 }
 
 }  // namespace

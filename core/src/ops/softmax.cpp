@@ -15,12 +15,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace detail {
 
-// sum_j exp(x[j] - shift), writing the terms to y when y is not null.
-// Shared with attention.cpp (declared there).
+// exp_shift_sum (op_util.hpp) for both float types.
 template <class T>
 static T exp_shift_sum_impl(const T* x, T* y, int64_t n, T shift) {
   using batch = xsimd::batch<T>;
@@ -65,6 +65,7 @@ static T row_max(const T* x, int64_t n) {
 namespace {
 
 using detail::exp_shift_sum;
+using detail::position_str;
 using detail::row_max;
 
 // x viewed as (outer, D, inner) around the softmax dim.
@@ -190,15 +191,6 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
     });
     return {dx};
   });
-}
-
-std::string position_str(int64_t flat, const Shape& shape) {
-  std::vector<int64_t> idx(shape.size());
-  for (int64_t k = static_cast<int64_t>(shape.size()) - 1; k >= 0; --k) {
-    idx[k] = flat % shape[k];
-    flat /= shape[k];
-  }
-  return shape_str(idx);
 }
 
 // Class ids from targets (i64, or float holding integers), validated.
