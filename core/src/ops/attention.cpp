@@ -114,7 +114,7 @@ void attention_backward_head(const AttnDims& D, const T* q, const T* k, const T*
 }
 
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head) {
-  const char* op = "causal_attention";
+  const char* op = op_name(Op::causal_attention);
   check_same_dtype(q, k, op);
   check_same_dtype(q, v, op);
   if (q.dim() != 3 || k.shape() != q.shape() || v.shape() != q.shape())
@@ -135,7 +135,7 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
   Tensor out = zeros(q.shape(), q.dtype());          // (B, T, d)
   Tensor P = zeros({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
   if (q.numel() > 0) {
-    dispatch_float(q.dtype(), "causal_attention", [&](auto tag) {
+    dispatch_float(q.dtype(), op_name(Op::causal_attention), [&](auto tag) {
       using T = decltype(tag);
       const T* pq = q.data<T>();
       const T* pk = k.data<T>();
@@ -159,7 +159,7 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
                   Tensor dk = needs[1] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
                   Tensor dv = needs[2] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
                   if (qv.numel() == 0) return {dq, dk, dv};
-                  dispatch_float(qv.dtype(), "causal_attention backward", [&](auto tag) {
+                  dispatch_float(qv.dtype(), op_backward_name(Op::causal_attention), [&](auto tag) {
                     using T = decltype(tag);
                     const T* pq = qv.data<T>();
                     const T* pk = sk.get().data<T>();

@@ -67,14 +67,14 @@ Tensor scatter_add_rows(const Tensor& g, const Shape& xshape, const int64_t* idx
 }  // namespace
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  check_defined(x, "index_select");
-  if (x.dim() == 0) throw ShapeError("index_select: cannot index a 0-d tensor");
-  const int64_t d = wrap_dim(dim, x.dim(), "index_select");
+  const char* name = op_name(Op::index_select);
+  check_defined(x, name);
+  if (x.dim() == 0) throw ShapeError(std::string(name) + ": cannot index a 0-d tensor");
+  const int64_t d = wrap_dim(dim, x.dim(), name);
   const Shape& s = x.shape();
-  check_indices(index, s[d], "index_select",
-                "dim " + std::to_string(dim) + " of shape " + shape_str(s));
+  check_indices(index, s[d], name, "dim " + std::to_string(dim) + " of shape " + shape_str(s));
   if (index.dim() > 1)
-    throw ShapeError("index_select: index must be 1-d, got shape " + shape_str(index.shape()));
+    throw ShapeError(std::string(name) + ": index must be 1-d, got shape " + shape_str(index.shape()));
   const int64_t K = index.numel(), outer = prod(s, 0, d), inner = prod(s, d + 1, s.size());
   Shape out_shape = s;
   out_shape[d] = K;
@@ -90,11 +90,12 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& idx) {
-  check_floating(weight, "embedding");
+  const char* name = op_name(Op::embedding);
+  check_floating(weight, name);
   if (weight.dim() != 2)
-    throw ShapeError("embedding: weight must be 2-d (V, d), got shape " + shape_str(weight.shape()));
+    throw ShapeError(std::string(name) + ": weight must be 2-d (V, d), got shape " + shape_str(weight.shape()));
   const int64_t V = weight.shape()[0], D = weight.shape()[1];
-  check_indices(idx, V, "embedding", "weight of shape " + shape_str(weight.shape()));
+  check_indices(idx, V, name, "weight of shape " + shape_str(weight.shape()));
   Shape out_shape = idx.shape();
   out_shape.push_back(D);
   Tensor y = uninitialized(out_shape, weight.dtype());  // (idx..., D)

@@ -135,7 +135,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
   }
   if (runs.empty()) {  // nothing reduced (0-d input): a scaled copy
     Tensor y = zeros(cur, x.dtype());
-    dispatch_float(x.dtype(), "sum", [&](auto tag) {
+    dispatch_float(x.dtype(), op_name(Op::sum), [&](auto tag) {
       using T = decltype(tag);
       sum_block<T>(x.data<T>(), y.data<T>(), x.numel(), 1, 1, scale);
     });
@@ -147,7 +147,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
     for (size_t d = a; d < b; ++d) cur[d] = 1;
     Tensor y = zeros(cur, x.dtype());
     const double s = k == 0 ? scale : 1.0;  // scale once, on the last pass
-    dispatch_float(x.dtype(), "sum", [&](auto tag) {
+    dispatch_float(x.dtype(), op_name(Op::sum), [&](auto tag) {
       using T = decltype(tag);
       sum_block<T>(src.data<T>(), y.data<T>(), outer, red, inner, s);  // (outer, red, inner) -> (outer, inner)
     });
@@ -262,12 +262,13 @@ void max_block(const T* x, T* y, int64_t* idx, int64_t outer, int64_t red, int64
 // Max along x viewed as (outer, red, inner); values and indices of shape out_shape.
 Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, const Shape& out_shape,
                 const std::string& what) {
+  const char* name = op_name(Op::max);
   if (red == 0)
-    throw ValueError("max: cannot take the max " + what + " of a tensor of shape " + shape_str(x.shape()) +
-                     " (no elements to reduce)");
+    throw ValueError(std::string(name) + ": cannot take the max " + what + " of a tensor of shape " +
+                     shape_str(x.shape()) + " (no elements to reduce)");
   Tensor y = zeros(out_shape, x.dtype());
   Tensor idx = zeros(out_shape, DType::i64);
-  dispatch_float(x.dtype(), "max", [&](auto tag) {
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     max_block<T>(x.data<T>(), y.data<T>(), idx.data<int64_t>(), outer, red, inner);
   });
@@ -277,7 +278,7 @@ Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, cons
                   // the gradient goes to the first maximum of each slice; zeros elsewhere
                   Tensor gx = zeros(xshape, g.dtype());
                   const int64_t* pi = sidx.get().data<int64_t>();  // (outer, inner)
-                  dispatch_float(g.dtype(), "max", [&](auto tag) {
+                  dispatch_float(g.dtype(), op_name(Op::max), [&](auto tag) {
                     using T = decltype(tag);
                     const T* pg = g.data<T>();  // (outer, inner)
                     T* px = gx.data<T>();       // (outer, red, inner)
@@ -300,9 +301,10 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
-  check_floating(x, "max");
+  const char* name = op_name(Op::max);
+  check_floating(x, name);
   const Shape& s = x.shape();
-  const int64_t d = wrap_dim(x.dim() == 0 && dim == -1 ? 0 : dim, x.dim(), "max");
+  const int64_t d = wrap_dim(x.dim() == 0 && dim == -1 ? 0 : dim, x.dim(), name);
   if (x.dim() == 0) return max_impl(x, 1, 1, 1, {}, "over dim " + std::to_string(dim));
   Shape out_shape = s;
   if (keepdim) out_shape[d] = 1;
@@ -312,7 +314,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
 }
 
 Tensor max(const Tensor& x) {
-  check_floating(x, "max");
+  check_floating(x, op_name(Op::max));
   return max_impl(x, 1, x.numel(), 1, {}, "over all elements");
 }
 

@@ -174,10 +174,10 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
       });
     });
   });
-  return record(op, y, {x}, [sy = SavedTensor(y, op), geo, log](const Tensor& g, const NeedsGrad&) -> Grads {
+  return record(op, y, {x}, [sy = SavedTensor(y, op), op, geo, log](const Tensor& g, const NeedsGrad&) -> Grads {
     const Tensor& yv = sy.get();
     Tensor dx = zeros(yv.shape(), yv.dtype());
-    dispatch_float(yv.dtype(), log ? "log_softmax backward" : "softmax backward", [&](auto tag) {
+    dispatch_float(yv.dtype(), op_backward_name(op), [&](auto tag) {
       using T = decltype(tag);
       over_rows<T>(geo, {g.data<T>(), yv.data<T>()}, dx.data<T>(),
                    [&](const std::vector<const T*>& in, T* out) {
@@ -196,6 +196,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
 // Class ids from targets (i64, or float holding integers), validated.
 std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_index,
                                const Shape& logits_shape) {
+  const std::string name = op_name(Op::cross_entropy);
   const int64_t N = targets.numel();
   std::vector<int64_t> ids(static_cast<size_t>(N));
   if (targets.dtype() == DType::i64) {
@@ -205,7 +206,7 @@ std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_
     for (int64_t i = 0; i < N; ++i) {
       const double t = vals[i];
       if (!std::isfinite(t) || t != std::floor(t) || std::fabs(t) > 9e15)
-        throw ValueError("cross_entropy: target at position " + position_str(i, targets.shape()) +
+        throw ValueError(name + ": target at position " + position_str(i, targets.shape()) +
                          " is " + std::to_string(t) + ", expected an integer class id (targets " +
                          dtype_name(targets.dtype()) + shape_str(targets.shape()) + ")");
       ids[i] = static_cast<int64_t>(t);
@@ -213,7 +214,7 @@ std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_
   }
   for (int64_t i = 0; i < N; ++i)
     if (ids[i] != ignore_index && (ids[i] < 0 || ids[i] >= C))
-      throw IndexError("cross_entropy: target " + std::to_string(ids[i]) + " at position " +
+      throw IndexError(name + ": target " + std::to_string(ids[i]) + " at position " +
                        position_str(i, targets.shape()) + " is out of range for " + std::to_string(C) +
                        " classes (logits " + shape_str(logits_shape) + ", ignore_index " +
                        std::to_string(ignore_index) + ")");
@@ -228,14 +229,16 @@ Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, t
 // Fused log_softmax + nll: forward keeps only logsumexp per row (N,); backward
 // recomputes softmax - onehot row by row, scaled by g / count.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  check_floating(logits, "cross_entropy");
-  check_defined(targets, "cross_entropy");
+  const char* name = op_name(Op::cross_entropy);
+  check_floating(logits, name);
+  check_defined(targets, name);
   if (logits.dim() < 1)
-    throw ShapeError("cross_entropy: logits must have a class dim, got shape " + shape_str(logits.shape()));
+    throw ShapeError(std::string(name) + ": logits must have a class dim, got shape " + shape_str(logits.shape()));
   const Shape lead(logits.shape().begin(), logits.shape().end() - 1);
   if (targets.shape() != lead)
-    throw ShapeError("cross_entropy: targets " + shape_str(targets.shape()) + " must have logits' leading shape " +
-                     shape_str(lead) + " (logits " + shape_str(logits.shape()) + ")");
+    throw ShapeError(std::string(name) + ": targets " + shape_str(targets.shape()) +
+                     " must have logits' leading shape " + shape_str(lead) + " (logits " + shape_str(logits.shape()) +
+                     ")");
   const int64_t C = logits.size(-1);
   const int64_t N = targets.numel();
   std::vector<int64_t> ids_vec = class_ids(targets, C, ignore_index, logits.shape());
@@ -245,7 +248,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 
   Tensor lse = zeros({N}, logits.dtype());  // (N,) logsumexp per row
   Tensor loss = zeros({}, logits.dtype());
-  dispatch_float(logits.dtype(), "cross_entropy", [&](auto tag) {
+  dispatch_float(logits.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();  // (N, C)
     T* plse = lse.data<T>();        // (N,)
@@ -270,7 +273,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                   const Tensor& xv = sx.get();
                   Tensor dx = zeros(xv.shape(), xv.dtype());  // ignored rows stay 0
                   if (count == 0) return {dx, Tensor()};
-                  dispatch_float(xv.dtype(), "cross_entropy backward", [&](auto tag) {
+                  dispatch_float(xv.dtype(), op_backward_name(Op::cross_entropy), [&](auto tag) {
                     using T = decltype(tag);
                     const int64_t C = xv.size(-1);
                     const int64_t N = xv.numel() / std::max<int64_t>(C, 1);
