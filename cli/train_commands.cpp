@@ -44,11 +44,11 @@ double default_lr(const std::string& method) {
 }
 
 // GPT-2 style: decay the matrices, not the biases and LayerNorm gains.
-std::vector<ParamGroup> decay_groups(const nn::Module& model, double lr, double weight_decay) {
+std::vector<optim::ParamGroup> decay_groups(const nn::Module& model, double lr, double weight_decay) {
   std::vector<Tensor> decay, no_decay;
   for (const Tensor& p : model.parameters())
     if (p.requires_grad()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  std::vector<ParamGroup> groups;
+  std::vector<optim::ParamGroup> groups;
   if (!decay.empty()) groups.emplace_back("decay", decay, lr, weight_decay);
   if (!no_decay.empty()) groups.emplace_back("no_decay", no_decay, lr, 0.0);
   return groups;
@@ -104,7 +104,7 @@ double learning_rate(const Args& a, const std::string& method) {
 
 // The training text and the held-out text it is measured on.
 struct Texts {
-  std::optional<ByteDataset> data, val_file;
+  std::optional<data::ByteDataset> data, val_file;
   train::TextSource train, val;
 };
 
@@ -118,22 +118,22 @@ Texts training_texts(const Args& a, const std::string& default_domain, uint64_t 
   if (has_data) {
     const std::string path = a.str("--data");
     check_file(path, "--data");
-    t.data.emplace(ByteDataset::from_file(path, fraction));
+    t.data.emplace(data::ByteDataset::from_file(path, fraction));
   } else {
     const std::string name = has_domain ? a.str("--domain") : default_domain;
     if (name.empty()) throw UsageError("give the training text: --data FILE or --domain stories|recipes|code");
     if (name != "stories" && name != "recipes" && name != "code")
       throw UsageError("--domain must be stories, recipes or code, got '" + name + "'");
-    t.data.emplace(builtin_corpus(parse_domain(name), size_t{512} << 10, seed), fraction);
+    t.data.emplace(data::builtin_corpus(data::parse_domain(name), size_t{512} << 10, seed), fraction);
   }
-  t.train = {&*t.data, Split::train};
+  t.train = {&*t.data, data::Split::train};
   if (own_val) {
     const std::string path = a.str("--val-data");
     check_file(path, "--val-data");
-    t.val_file.emplace(ByteDataset::from_file(path, 0.0));
-    t.val = {&*t.val_file, Split::train};
+    t.val_file.emplace(data::ByteDataset::from_file(path, 0.0));
+    t.val = {&*t.val_file, data::Split::train};
   } else if (fraction > 0) {
-    t.val = {&*t.data, Split::validation};
+    t.val = {&*t.data, data::Split::validation};
   }
   return t;
 }
@@ -141,7 +141,8 @@ Texts training_texts(const Args& a, const std::string& default_domain, uint64_t 
 void print_texts(const Texts& t, int64_t seq) {
   std::cout << "text: " << t.train.size() << " training bytes";
   if (t.val.data) {
-    const double unigram = unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
+    const double unigram =
+        data::unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
     std::cout << ", " << t.val.size() << " validation bytes; unigram baseline " << fixed(unigram, 3)
               << " nats/byte on them";
     if (t.val.size() < seq + 1) std::cout << " (too short for one --seq window: no validation loss)";
@@ -153,7 +154,8 @@ void report(const train::TrainResult& r, const Texts& t) {
   std::cout << "speed: " << fixed(r.steps_per_s, 2) << " steps/s, "
             << fixed(r.tokens_per_s / 1000.0, 1) << "k tokens/s\n";
   if (!std::isnan(r.final_val_loss)) {
-    const double unigram = unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
+    const double unigram =
+        data::unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
     std::cout << "validation loss " << fixed(r.val_loss_before, 4) << " before, " << fixed(r.final_val_loss, 4)
               << " after (best " << fixed(r.best_val_loss, 4) << " at step " << r.best_step << "); unigram "
               << fixed(unigram, 4) << " nats/byte\n";
@@ -366,7 +368,7 @@ int run_pretrain(int argc, char** argv) {
   auto model = std::make_shared<nn::TinyGPT>(cfg);
   std::cout << "model: TinyGPT d_model " << cfg.d_model << ", " << cfg.n_layer << " layers, " << cfg.n_head
             << " heads, block " << cfg.block_size << ": " << with_commas(model->num_parameters()) << " parameters\n";
-  AdamW opt(decay_groups(*model, lr, weight_decay));
+  optim::AdamW opt(decay_groups(*model, lr, weight_decay));
   const nlohmann::json identity = {{"method", "pretrain"}};
   train::Trainer trainer(*model, opt, texts.train, texts.val, tc, checkpoint_output(*model), identity);
   if (a.given("--resume")) trainer.resume(a.str("--resume"));
@@ -501,11 +503,11 @@ int run_finetune(int argc, char** argv) {
   if (seq_flag == 0) tc.seq = block;
 
   nlohmann::json identity = {{"method", label}};
-  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<optim::AdamW> opt;
   train::Trainer::Output output;
   if (whole_model) {
     model->requires_grad_(true);
-    opt = std::make_unique<AdamW>(decay_groups(*model, lr, weight_decay));
+    opt = std::make_unique<optim::AdamW>(decay_groups(*model, lr, weight_decay));
     output = checkpoint_output(*model);
     std::cout << "full fine-tuning: " << with_commas(model->num_parameters(true)) << " trainable parameters, lr "
               << lr << "\n";
@@ -536,12 +538,13 @@ int run_finetune(int argc, char** argv) {
     identity["adapter_name"] = adapter_name;
     if (loraplus) {
       identity["loraplus_ratio"] = ratio;
-      opt = std::make_unique<AdamW>(lora::loraplus_param_groups(*model, lr, ratio, weight_decay));
+      opt = std::make_unique<optim::AdamW>(lora::loraplus_param_groups(*model, lr, ratio, weight_decay));
     } else {
       std::vector<Tensor> trainable;
       for (const Tensor& p : model->parameters())
         if (p.requires_grad()) trainable.push_back(p);
-      opt = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup("adapter", trainable, lr, weight_decay)});
+      opt = std::make_unique<optim::AdamW>(
+          std::vector<optim::ParamGroup>{optim::ParamGroup("adapter", trainable, lr, weight_decay)});
     }
     output = {[&model, &provenance, adapter_name](const std::string& dir) {
                 lora::save_adapter(*model, lora::adapter_subdir(dir, adapter_name), adapter_name, true, provenance);

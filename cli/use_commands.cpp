@@ -333,9 +333,10 @@ int run_eval(int argc, char** argv) {
     check_file(path, "--data");
     // The split rule of finetune --data FILE --val-fraction X: ByteDataset's
     // validation part is the last floor(size * X) bytes, training the rest.
-    const ByteDataset data = ByteDataset::from_file(path, fraction);
-    const std::string text(split == "all" ? std::string_view(data.text())
-                                          : data.bytes(split == "val" ? Split::validation : Split::train));
+    const data::ByteDataset data = data::ByteDataset::from_file(path, fraction);
+    const std::string text(split == "all"   ? std::string_view(data.text())
+                           : split == "val" ? data.bytes(data::Split::validation)
+                                            : data.bytes(data::Split::train));
     if (text.size() < 2)
       throw ValueError("--split " + split + " of " + path + " holds " + std::to_string(text.size()) +
                        " bytes (--val-fraction " + a.str("--val-fraction") + " of " +

@@ -350,20 +350,22 @@ Result from_json(const nlohmann::json& j) {
 }
 
 struct Data {
-  ByteDataset stories, recipes;
-  std::vector<Batch> val_a, val_b;  // val_b: the Trainer's validation batches (seed + 1 of the adaptation's seed)
+  data::ByteDataset stories, recipes;
+  // val_b: the Trainer's validation batches (seed + 1 of the adaptation's seed)
+  std::vector<data::Batch> val_a, val_b;
 };
 
 // The adaptation's TrainConfig seed; the Trainer validates on fixed_batches(recipes, validation, ..., seed + 1).
 uint64_t adapt_seed(const Options& o) { return o.seed + 20; }
 
 Data make_data(const Options& o) {
-  Data d{ByteDataset(builtin_corpus(Domain::stories, static_cast<size_t>(o.corpus_bytes), o.seed), 0.1),
-         ByteDataset(builtin_corpus(Domain::recipes, static_cast<size_t>(o.corpus_bytes), o.seed + 1), 0.1),
+  const size_t bytes = static_cast<size_t>(o.corpus_bytes);
+  Data d{data::ByteDataset(data::builtin_corpus(data::Domain::stories, bytes, o.seed), 0.1),
+         data::ByteDataset(data::builtin_corpus(data::Domain::recipes, bytes, o.seed + 1), 0.1),
          {},
          {}};
-  d.val_a = fixed_batches(d.stories, Split::validation, o.eval_batches, o.batch, o.seq, o.seed + 3);
-  d.val_b = fixed_batches(d.recipes, Split::validation, o.eval_batches, o.batch, o.seq, adapt_seed(o) + 1);
+  d.val_a = fixed_batches(d.stories, data::Split::validation, o.eval_batches, o.batch, o.seq, o.seed + 3);
+  d.val_b = fixed_batches(d.recipes, data::Split::validation, o.eval_batches, o.batch, o.seq, adapt_seed(o) + 1);
   return d;
 }
 
@@ -405,7 +407,8 @@ void pretrain(const Options& o, const Data& d, const std::string& path) {
   auto model = std::make_shared<TinyGPT>(cfg);
   std::vector<Tensor> decay, no_decay;
   for (const Tensor& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  AdamW opt({ParamGroup("decay", decay, o.pretrain_lr, 0.1), ParamGroup("no_decay", no_decay, o.pretrain_lr, 0.0)});
+  optim::AdamW opt({optim::ParamGroup("decay", decay, o.pretrain_lr, 0.1),
+                    optim::ParamGroup("no_decay", no_decay, o.pretrain_lr, 0.0)});
   TrainConfig tc;
   tc.steps = o.pretrain_steps;
   tc.batch = o.batch;
@@ -420,8 +423,9 @@ void pretrain(const Options& o, const Data& d, const std::string& path) {
   std::cout << "pretraining on stories: " << format_count(static_cast<double>(model->num_parameters()))
             << " parameters, " << o.pretrain_steps << " steps x " << o.batch << " x " << o.seq << " bytes, AdamW lr "
             << o.pretrain_lr << " " << tc.lr_schedule().str() << "\n";
-  Trainer trainer(*model, opt, TextSource{&d.stories, Split::train}, TextSource{&d.stories, Split::validation}, tc,
-                  Trainer::Output{}, nlohmann::json{{"demo", "pretrain"}});
+  Trainer trainer(*model, opt, TextSource{&d.stories, data::Split::train},
+                  TextSource{&d.stories, data::Split::validation}, tc, Trainer::Output{},
+                  nlohmann::json{{"demo", "pretrain"}});
   const TrainResult r = trainer.fit();
   fs::create_directories(fs::path(path).parent_path());
   model->save(path);
@@ -440,12 +444,13 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
   const double base_loss_a = evaluate(*model, d.val_a);
 
   // ---- the trainable part and its optimizer ----
-  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<optim::AdamW> opt;
   if (m.full) {
     std::vector<Tensor> decay, no_decay;
     for (const Tensor& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-    opt = std::make_unique<AdamW>(
-        std::vector<ParamGroup>{ParamGroup("decay", decay, m.lr, 0.1), ParamGroup("no_decay", no_decay, m.lr, 0.0)});
+    opt = std::make_unique<optim::AdamW>(
+        std::vector<optim::ParamGroup>{optim::ParamGroup("decay", decay, m.lr, 0.1),
+                                       optim::ParamGroup("no_decay", no_decay, m.lr, 0.0)});
   } else {
     lora::apply_lora(*model, m.lora);
     // The base this adapter runs on, before any training (QLoRA: the NF4 copy).
@@ -454,12 +459,13 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
     lora::enable_adapters(*model);
     if (!m.lora.qlora) res.loss_a_off_expected = base_loss_a;  // must be bit-identical to the pretrained model
     if (m.loraplus)
-      opt = std::make_unique<AdamW>(lora::loraplus_param_groups(*model, m.lr, 16.0));
+      opt = std::make_unique<optim::AdamW>(lora::loraplus_param_groups(*model, m.lr, 16.0));
     else {
       std::vector<Tensor> trainable;
       for (const Tensor& p : model->parameters())
         if (p.requires_grad()) trainable.push_back(p);
-      opt = std::make_unique<AdamW>(std::vector<ParamGroup>{ParamGroup("adapter", trainable, m.lr, 0.0)});
+      opt = std::make_unique<optim::AdamW>(
+          std::vector<optim::ParamGroup>{optim::ParamGroup("adapter", trainable, m.lr, 0.0)});
     }
   }
   res.trainable = model->num_parameters(true);
@@ -481,8 +487,9 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
   tc.out_dir = (fs::path(o.out) / "metrics" / m.name).string();  // the Trainer's metrics.csv
   std::cout << "adapting with " << m.name << ": " << format_count(static_cast<double>(res.trainable))
             << " trainable parameters, AdamW lr " << res.lr << (m.loraplus ? " (A/B)" : "") << "\n";
-  Trainer trainer(*model, *opt, TextSource{&d.recipes, Split::train}, TextSource{&d.recipes, Split::validation}, tc,
-                  Trainer::Output{}, nlohmann::json{{"demo", m.name}});
+  Trainer trainer(*model, *opt, TextSource{&d.recipes, data::Split::train},
+                  TextSource{&d.recipes, data::Split::validation}, tc, Trainer::Output{},
+                  nlohmann::json{{"demo", m.name}});
   // At each validation (step 0 included): the loss on recipes, and on stories (forgetting).
   trainer.on_validation([&](int64_t step, double val_loss) {
     res.curve_b.points.emplace_back(static_cast<double>(step), val_loss);
@@ -609,8 +616,8 @@ int run(const Options& o, const std::vector<std::string>& args) {
   const auto start = std::chrono::steady_clock::now();
 
   const Data d = make_data(o);
-  const double unigram_a = d.stories.unigram_entropy(Split::validation);
-  const double unigram_b = d.recipes.unigram_entropy(Split::validation);
+  const double unigram_a = d.stories.unigram_entropy(data::Split::validation);
+  const double unigram_b = d.recipes.unigram_entropy(data::Split::validation);
   std::cout << "corpora: A = stories, B = recipes, " << format_bytes(static_cast<size_t>(o.corpus_bytes))
             << " each (90% train, 10% validation); " << omp_get_max_threads() << " threads; load average "
             << fixed(load_average(), 2) << "\n";

@@ -72,15 +72,15 @@ bool no_decay(const std::string& name) {
 // element by at most about lr with these betas).
 bool key_bias(const std::string& name) { return ends_with(name, "attn.k_proj.bias"); }
 
-std::unique_ptr<AdamW> gpt_adamw(const TinyGPT& model, const Recipe& r) {
-  ParamGroup decay("decay", {}, r.lr, r.weight_decay), plain("no_decay", {}, r.lr, 0.0);
+std::unique_ptr<optim::AdamW> gpt_adamw(const TinyGPT& model, const Recipe& r) {
+  optim::ParamGroup decay("decay", {}, r.lr, r.weight_decay), plain("no_decay", {}, r.lr, 0.0);
   for (const auto& [name, p] : model.named_parameters()) (no_decay(name) ? plain : decay).params.push_back(p);
-  for (ParamGroup* g : {&decay, &plain}) {
+  for (optim::ParamGroup* g : {&decay, &plain}) {
     g->beta1 = r.beta1;
     g->beta2 = r.beta2;
     g->eps = r.eps;
   }
-  return std::make_unique<AdamW>(std::vector<ParamGroup>{decay, plain});
+  return std::make_unique<optim::AdamW>(std::vector<optim::ParamGroup>{decay, plain});
 }
 
 // Batch s of the fixture's (S, B, t) token ids.
@@ -129,7 +129,8 @@ struct Trajectory {
 };
 
 // Steps [first, last) of the fixture's batches.
-void train(TinyGPT& model, AdamW& opt, const SafetensorsFile& fx, int64_t first, int64_t last, Trajectory& out) {
+void train(TinyGPT& model, optim::AdamW& opt, const SafetensorsFile& fx, int64_t first, int64_t last,
+           Trajectory& out) {
   const NamedTensors params = model.named_parameters();
   for (int64_t s = first; s < last; ++s) {
     opt.zero_grad();
@@ -160,7 +161,7 @@ void check_against_pytorch(DType dt, const std::string& tag, double tol) {
   const SafetensorsFile start = load_safetensors(kCheckpoint);
   const Recipe r = recipe_of(fx);
   std::shared_ptr<TinyGPT> model = load_model(dt);
-  std::unique_ptr<AdamW> opt = gpt_adamw(*model, r);
+  std::unique_ptr<optim::AdamW> opt = gpt_adamw(*model, r);
   Trajectory run;
   train(*model, *opt, fx, 0, r.steps, run);
 
@@ -235,7 +236,7 @@ void check_resume(DType dt, const std::string& tag) {
   const std::string model_file = temp_path(tag + "_model"), optimizer_file = temp_path(tag + "_optimizer");
 
   std::shared_ptr<TinyGPT> straight = load_model(dt);
-  std::unique_ptr<AdamW> straight_opt = gpt_adamw(*straight, r);
+  std::unique_ptr<optim::AdamW> straight_opt = gpt_adamw(*straight, r);
   Trajectory straight_run, resumed_run;
   train(*straight, *straight_opt, fx, 0, stop, straight_run);
   straight->save(model_file, dt);  // in the run's dtype, so nothing is rounded
@@ -243,7 +244,7 @@ void check_resume(DType dt, const std::string& tag) {
   train(*straight, *straight_opt, fx, stop, r.steps, straight_run);
 
   std::shared_ptr<TinyGPT> resumed = TinyGPT::load(model_file, dt);
-  std::unique_ptr<AdamW> resumed_opt = gpt_adamw(*resumed, r);
+  std::unique_ptr<optim::AdamW> resumed_opt = gpt_adamw(*resumed, r);
   resumed_opt->load(optimizer_file);
   std::remove(model_file.c_str());
   std::remove(optimizer_file.c_str());
@@ -259,7 +260,7 @@ void check_resume(DType dt, const std::string& tag) {
   BOOST_REQUIRE_EQUAL(got.size(), want.size());
   for (size_t k = 0; k < got.size(); ++k)
     BOOST_CHECK_MESSAGE(same_bits(got[k].second, want[k].second), tag << " " << got[k].first << " differs after resuming");
-  const OptimizerState a = straight_opt->state_dict(), b = resumed_opt->state_dict();
+  const optim::OptimizerState a = straight_opt->state_dict(), b = resumed_opt->state_dict();
   BOOST_REQUIRE_EQUAL(a.tensors.size(), b.tensors.size());
   for (size_t k = 0; k < a.tensors.size(); ++k)
     BOOST_CHECK_MESSAGE(same_bits(a.tensors[k].second, b.tensors[k].second), tag << " " << a.tensors[k].first << " differs");
@@ -272,7 +273,7 @@ void check_resume(DType dt, const std::string& tag) {
 BOOST_AUTO_TEST_CASE(groups_follow_the_gpt_recipe) {
   const SafetensorsFile fx = load_safetensors(kTrajectory);
   std::shared_ptr<TinyGPT> model = load_model(DType::f32);
-  std::unique_ptr<AdamW> opt = gpt_adamw(*model, recipe_of(fx));
+  std::unique_ptr<optim::AdamW> opt = gpt_adamw(*model, recipe_of(fx));
   int64_t vectors = 0;
   for (const auto& [name, p] : model->named_parameters()) {
     BOOST_CHECK_MESSAGE(no_decay(name) == (p.dim() == 1), name);

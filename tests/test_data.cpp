@@ -13,6 +13,7 @@
 #include "loragrad/data/corpus.hpp"
 
 using namespace loragrad;
+using namespace loragrad::data;
 
 template <class E>
 static void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {

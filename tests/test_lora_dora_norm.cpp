@@ -278,7 +278,7 @@ BOOST_AUTO_TEST_CASE(trainable_base_under_an_optimizer) {
   auto base = std::make_shared<nn::Linear>(8, 6, true, gen, DType::f64);
   LoraLinear lay(base, "default", dora_opts(2, 4));
   base->requires_grad_(true);
-  SGD opt(lay.parameters(), 0.1);
+  optim::SGD opt(lay.parameters(), 0.1);
   const Tensor x = randn({3, 8}, gen, DType::f64);
   for (int step = 0; step < 3; ++step) {
     opt.zero_grad();

@@ -327,7 +327,7 @@ BOOST_AUTO_TEST_CASE(loraplus_groups_put_B_and_vectors_at_ratio_times_lr) {
   apply_lora(*m, c);
   const auto groups = loraplus_param_groups(*m, 2e-4, 16, 0.01);
   BOOST_REQUIRE_EQUAL(groups.size(), 4u);
-  auto ids = [](const ParamGroup& g) {
+  auto ids = [](const optim::ParamGroup& g) {
     std::set<const TensorImpl*> s;
     for (const auto& p : g.params) s.insert(p.impl());
     return s;
@@ -364,7 +364,7 @@ BOOST_AUTO_TEST_CASE(loraplus_groups_put_B_and_vectors_at_ratio_times_lr) {
   auto g2 = loraplus_param_groups(*p, 1e-3, 4);
   BOOST_REQUIRE_EQUAL(g2.size(), 2u);
   BOOST_CHECK_EQUAL(g2[1].lr, 4e-3);
-  AdamW opt(g2);
+  optim::AdamW opt(g2);
   p->loss(batch_idx(), batch_idx()).backward();
   opt.step();
   check_throws<ValueError>([&] { loraplus_param_groups(*p, -1); }, {"loraplus_param_groups", "lr"});

@@ -32,12 +32,12 @@ std::shared_ptr<nn::TinyGPT> small_model() {
   return model;
 }
 
-double eval_loss(nn::TinyGPT& model, const ByteDataset& data) {
+double eval_loss(nn::TinyGPT& model, const data::ByteDataset& data) {
   NoGradGuard ng;
   Generator gen(99);  // the same validation batches every call
   double total = 0;
   for (int i = 0; i < 4; ++i) {
-    Batch b = data.sample(Split::validation, 8, 32, gen);
+    data::Batch b = data.sample(data::Split::validation, 8, 32, gen);
     total += model.loss(b.x, b.y).item();
   }
   return total / 4;
@@ -52,16 +52,16 @@ Outcome adapt(lora::LoraConfig cfg) {
   auto model = small_model();
   NamedTensors base_before;
   for (auto& [name, p] : model->named_parameters()) base_before.push_back({name, p.clone()});
-  ByteDataset data(builtin_corpus(Domain::recipes, 60000, 5));
+  data::ByteDataset data(data::builtin_corpus(data::Domain::recipes, 60000, 5));
   lora::apply_lora(*model, cfg);
   std::vector<Tensor> trainable;
   for (auto& p : model->parameters())
     if (p.requires_grad()) trainable.push_back(p);
-  AdamW opt(trainable, /*lr=*/3e-2, /*weight_decay=*/0.0);
+  optim::AdamW opt(trainable, /*lr=*/3e-2, /*weight_decay=*/0.0);
   const double before = eval_loss(*model, data);
   Generator gen(3);
   for (int step = 0; step < 80; ++step) {
-    Batch b = data.sample(Split::train, 8, 32, gen);
+    data::Batch b = data.sample(data::Split::train, 8, 32, gen);
     opt.zero_grad();
     model->loss(b.x, b.y).backward();
     opt.step();

@@ -33,7 +33,7 @@ BOOST_AUTO_TEST_CASE(live_and_peak_follow_allocations_exactly) {
     BOOST_TEST(mem::live_storages() == storages + 1);
     {
       Tensor b = zeros({3}, DType::f64);      // 24 -> 64
-      Tensor c = empty({0}, DType::f32);      // 0 -> 64
+      Tensor c = zeros({0}, DType::f32);      // 0 -> 64
       Tensor d = scalar(1.0, DType::f64);     // 8 -> 64
       BOOST_TEST(mem::live_bytes() == base + 4032 + 3 * 64);
       BOOST_TEST(mem::peak_bytes() == base + 4032 + 3 * 64);

@@ -56,6 +56,7 @@
 #include "loragrad/optim/optim.hpp"
 
 using namespace loragrad;
+using namespace loragrad::optim;
 
 template <class E>
 static bool message_has(const E& e, const std::string& part) {

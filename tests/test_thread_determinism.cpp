@@ -129,7 +129,7 @@ BOOST_AUTO_TEST_CASE(gemm_float_and_double) {
           kernels::gemm(ta, tb, M, N, K, 0.5f, A.data<float>(), ta ? M : K, B.data<float>(), tb ? K : N, 1.0f,
                         C.data<float>(), N);
           keep(out, name, C);
-          Tensor Ad = cast(A, DType::f64), Bd = cast(B, DType::f64), Cd = empty({M * N}, DType::f64);
+          Tensor Ad = cast(A, DType::f64), Bd = cast(B, DType::f64), Cd = zeros({M * N}, DType::f64);
           kernels::gemm(ta, tb, M, N, K, 1.0, Ad.data<double>(), ta ? M : K, Bd.data<double>(), tb ? K : N, 0.0,
                         Cd.data<double>(), N);
           keep(out, name + " f64", Cd);
@@ -300,8 +300,8 @@ BOOST_AUTO_TEST_CASE(grad_norm_and_clipping) {
         params.push_back(p);
       }
       const std::string s = " set " + std::to_string(k);
-      keep_value(out, "grad_norm" + s, grad_norm(params));
-      keep_value(out, "clip_grad_norm" + s, clip_grad_norm(params, 1.0));
+      keep_value(out, "grad_norm" + s, optim::grad_norm(params));
+      keep_value(out, "clip_grad_norm" + s, optim::clip_grad_norm(params, 1.0));
       for (size_t i = 0; i < params.size(); ++i) keep(out, "clipped grad " + std::to_string(i) + s, params[i].grad());
     }
     return out;
@@ -322,7 +322,7 @@ nn::TinyGPTConfig gpt_config() {
   return c;
 }
 
-Batch random_batch(int64_t B, int64_t T, uint64_t seed) {
+data::Batch random_batch(int64_t B, int64_t T, uint64_t seed) {
   Generator gen(seed);
   Tensor x = randint({B, T + 1}, 0, 256, gen);
   return {narrow(x, 1, 0, T), narrow(x, 1, 1, T)};
@@ -336,7 +336,7 @@ Results train_and_snapshot(nn::TinyGPT& model, int steps) {
   auto named = model.named_parameters();
   for (const auto& [name, p] : named)
     if (p.requires_grad()) trainable.push_back(p);
-  AdamW opt(trainable, 1e-3);
+  optim::AdamW opt(trainable, 1e-3);
   for (int s = 0; s < steps; ++s) {
     const train::StepResult r = train::train_step(model, opt, {random_batch(8, 64, 100 + s)}, 1.0);
     BOOST_REQUIRE(r.applied);

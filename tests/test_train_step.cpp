@@ -42,8 +42,8 @@ std::shared_ptr<TinyGPT> tiny_model(uint64_t seed = 3) {
   return std::make_shared<TinyGPT>(c);
 }
 
-const ByteDataset& stories() {
-  static const ByteDataset data(builtin_corpus(Domain::stories, 20000, 7), 0.1);
+const data::ByteDataset& stories() {
+  static const data::ByteDataset data(data::builtin_corpus(data::Domain::stories, 20000, 7), 0.1);
   return data;
 }
 
@@ -147,9 +147,9 @@ BOOST_AUTO_TEST_CASE(progress_rejects_bad_arguments) {
 // ---------------------------------------------------------------- evaluation
 
 BOOST_AUTO_TEST_CASE(fixed_batches_are_reproducible) {
-  const auto a = fixed_batches(stories(), Split::validation, 3, 2, 8, 11);
-  const auto b = fixed_batches(stories(), Split::validation, 3, 2, 8, 11);
-  const auto c = fixed_batches(stories(), Split::validation, 3, 2, 8, 12);
+  const auto a = fixed_batches(stories(), data::Split::validation, 3, 2, 8, 11);
+  const auto b = fixed_batches(stories(), data::Split::validation, 3, 2, 8, 11);
+  const auto c = fixed_batches(stories(), data::Split::validation, 3, 2, 8, 12);
   BOOST_TEST(a.size() == 3u);
   for (size_t i = 0; i < a.size(); ++i) {
     BOOST_TEST((a[i].x.shape() == Shape{2, 8}));
@@ -157,19 +157,19 @@ BOOST_AUTO_TEST_CASE(fixed_batches_are_reproducible) {
     BOOST_TEST(a[i].y.to_vector() == b[i].y.to_vector());
   }
   BOOST_TEST(a[0].x.to_vector() != c[0].x.to_vector());
-  BOOST_CHECK_EXCEPTION(fixed_batches(stories(), Split::validation, 0, 2, 8, 1), ValueError,
+  BOOST_CHECK_EXCEPTION(fixed_batches(stories(), data::Split::validation, 0, 2, 8, 1), ValueError,
                         [](const ValueError& e) { return message_contains(e, "fixed_batches"); });
 }
 
 BOOST_AUTO_TEST_CASE(evaluate_is_the_mean_loss_in_eval_mode_without_a_graph) {
   auto model = tiny_model();
-  const auto batches = fixed_batches(stories(), Split::validation, 3, 2, 8, 5);
+  const auto batches = fixed_batches(stories(), data::Split::validation, 3, 2, 8, 5);
   BOOST_TEST(model->is_training());
   const double v = evaluate(*model, batches);
   BOOST_TEST(model->is_training());  // mode restored
   for (const Tensor& p : model->parameters()) BOOST_TEST(!p.grad().defined());
   double sum = 0.0;
-  for (const Batch& b : batches) sum += model->loss(b.x, b.y).item();
+  for (const data::Batch& b : batches) sum += model->loss(b.x, b.y).item();
   BOOST_TEST(v == sum / 3.0, boost::test_tools::tolerance(1e-12));
   // Weights of std 0.02 predict nearly uniformly over 256 bytes.
   BOOST_TEST(std::fabs(v - std::log(256.0)) < 0.05);
@@ -185,8 +185,8 @@ BOOST_AUTO_TEST_CASE(evaluate_is_the_mean_loss_in_eval_mode_without_a_graph) {
 
 BOOST_AUTO_TEST_CASE(train_step_lowers_the_loss_and_clips) {
   auto model = tiny_model();
-  AdamW opt(model->parameters(), 1e-2, 0.0);
-  const Batch batch = fixed_batches(stories(), Split::train, 1, 4, 16, 9)[0];
+  optim::AdamW opt(model->parameters(), 1e-2, 0.0);
+  const data::Batch batch = fixed_batches(stories(), data::Split::train, 1, 4, 16, 9)[0];
   const StepResult first = train_step(*model, opt, {batch}, 1.0);
   BOOST_TEST(first.applied);
   BOOST_TEST(first.grad_norm > 0.0);
@@ -200,16 +200,16 @@ BOOST_AUTO_TEST_CASE(train_step_lowers_the_loss_and_clips) {
   // The reported norm is the one before clipping; the grads left behind are clipped.
   const StepResult clipped = train_step(*model, opt, {batch}, 1e-3);
   BOOST_TEST(clipped.grad_norm > 1e-2);
-  BOOST_TEST(grad_norm(model->parameters()) == 1e-3, boost::test_tools::tolerance(1e-3));
+  BOOST_TEST(optim::grad_norm(model->parameters()) == 1e-3, boost::test_tools::tolerance(1e-3));
   // max_grad_norm 0: no clipping.
   const StepResult unclipped = train_step(*model, opt, {batch}, 0.0);
-  BOOST_TEST(grad_norm(model->parameters()) == unclipped.grad_norm, boost::test_tools::tolerance(1e-9));
+  BOOST_TEST(optim::grad_norm(model->parameters()) == unclipped.grad_norm, boost::test_tools::tolerance(1e-9));
 }
 
 BOOST_AUTO_TEST_CASE(train_step_skips_a_non_finite_loss) {
   auto model = tiny_model();
-  AdamW opt(model->parameters(), 1e-2, 0.0);
-  const Batch batch = fixed_batches(stories(), Split::train, 1, 2, 8, 9)[0];
+  optim::AdamW opt(model->parameters(), 1e-2, 0.0);
+  const data::Batch batch = fixed_batches(stories(), data::Split::train, 1, 2, 8, 9)[0];
   model->ln_f->weight.set({0}, std::nan(""));
   const std::vector<double> before = model->tok_emb->weight.to_vector();
   const StepResult r = train_step(*model, opt, {batch}, 1.0);
@@ -267,15 +267,15 @@ BOOST_AUTO_TEST_CASE(accumulating_k_micro_batches_equals_a_k_times_larger_batch)
     x.push_back(g.randint(0, 256));
     y.push_back(g.randint(0, 256));
   }
-  std::vector<Batch> micro;
+  std::vector<data::Batch> micro;
   for (int64_t k = 0; k < K; ++k) {
     const auto at = [&](const std::vector<int64_t>& v) {
       return from_indices(std::vector<int64_t>(v.begin() + k * B * T, v.begin() + (k + 1) * B * T), {B, T});
     };
     micro.push_back({at(x), at(y)});
   }
-  const Batch whole{from_indices(x, {K * B, T}), from_indices(y, {K * B, T})};
-  AdamW opt_big(big->parameters(), 1e-2, 0.1), opt_acc(accumulated->parameters(), 1e-2, 0.1);
+  const data::Batch whole{from_indices(x, {K * B, T}), from_indices(y, {K * B, T})};
+  optim::AdamW opt_big(big->parameters(), 1e-2, 0.1), opt_acc(accumulated->parameters(), 1e-2, 0.1);
   for (int step = 0; step < 3; ++step) {
     const StepResult a = train_step(*big, opt_big, {whole}, 0.5);
     const StepResult b = train_step(*accumulated, opt_acc, micro, 0.5);
@@ -291,7 +291,7 @@ BOOST_AUTO_TEST_CASE(accumulating_k_micro_batches_equals_a_k_times_larger_batch)
   BOOST_TEST(worst < 1e-12);
   // And K = 1 is the plain step, bit for bit.
   auto one = std::make_shared<TinyGPT>(c), same = std::make_shared<TinyGPT>(c);
-  AdamW o1(one->parameters(), 1e-2, 0.0), o2(same->parameters(), 1e-2, 0.0);
+  optim::AdamW o1(one->parameters(), 1e-2, 0.0), o2(same->parameters(), 1e-2, 0.0);
   BOOST_TEST(train_step(*one, o1, {whole}, 1.0).loss == train_step(*same, o2, {whole}, 1.0).loss);
   BOOST_TEST(one->state_dict()[0].second.to_vector() == same->state_dict()[0].second.to_vector());
 }

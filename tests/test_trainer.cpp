@@ -26,8 +26,8 @@ std::shared_ptr<nn::TinyGPT> tiny() {
   return std::make_shared<nn::TinyGPT>(c);
 }
 
-const ByteDataset& recipes() {
-  static const ByteDataset data(builtin_corpus(Domain::recipes, 30000, 3), 0.1);
+const data::ByteDataset& recipes() {
+  static const data::ByteDataset data(data::builtin_corpus(data::Domain::recipes, 30000, 3), 0.1);
   return data;
 }
 
@@ -62,8 +62,9 @@ BOOST_AUTO_TEST_CASE(memory_is_measured_by_kind) {
     size_t adapter = 0, frozen = 0;
     for (const Tensor& p : model->parameters())
       (p.requires_grad() ? adapter : frozen) += memory::storage_bytes(p.nbytes());
-    AdamW opt(trainable(*model), 1e-2, 0.0);
-    Trainer t(*model, opt, {&recipes(), Split::train}, {&recipes(), Split::validation}, small_config(), {}, {});
+    optim::AdamW opt(trainable(*model), 1e-2, 0.0);
+    Trainer t(*model, opt, {&recipes(), data::Split::train}, {&recipes(), data::Split::validation}, small_config(),
+              {}, {});
     const MemoryUse m = t.fit().memory;
     BOOST_TEST_CONTEXT("qlora " << qlora) {
       BOOST_TEST(m.trainable_weights == adapter);
@@ -82,8 +83,8 @@ BOOST_AUTO_TEST_CASE(memory_is_measured_by_kind) {
 
 BOOST_AUTO_TEST_CASE(bad_configurations_are_refused) {
   auto model = tiny();
-  AdamW opt(model->parameters(), 1e-3, 0.0);
-  const TextSource train{&recipes(), Split::train};
+  optim::AdamW opt(model->parameters(), 1e-3, 0.0);
+  const TextSource train{&recipes(), data::Split::train};
   auto with = [&](auto change, const std::vector<std::string>& words) {
     TrainConfig c = small_config();
     change(c);
@@ -107,13 +108,14 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit) {
     cfg.target_modules = {"q_proj", "v_proj"};
     cfg.lora_dropout = 0.2;
     lora::apply_lora(*model, cfg);
-    AdamW opt(trainable(*model), 1e-2, 0.0);
+    optim::AdamW opt(trainable(*model), 1e-2, 0.0);
     TrainConfig c = small_config();
     c.save_every = 2;
     c.out_dir = out;
     Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
                       [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
-    Trainer t(*model, opt, {&recipes(), Split::train}, {&recipes(), Split::validation}, c, o, {{"method", "lora"}});
+    Trainer t(*model, opt, {&recipes(), data::Split::train}, {&recipes(), data::Split::validation}, c, o,
+              {{"method", "lora"}});
     if (!resume_from.empty()) t.resume(resume_from);
     const TrainResult r = t.fit();
     BOOST_TEST(r.steps_done == 4);

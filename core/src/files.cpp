@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "file_util.hpp"
 #include "loragrad/error.hpp"
 
 namespace loragrad {
@@ -94,12 +95,15 @@ void sync_directory(const std::string& dir) {
   }
 }
 
-static std::string parent_of(const std::string& path) {
+namespace detail {
+
+std::string parent_of(const std::string& path) {
   const fs::path p(path);
   return p.has_parent_path() ? p.parent_path().string() : ".";
 }
 
-static bool write_all(int fd, const char* p, size_t n) {
+bool write_all(int fd, const void* buf, size_t n) {
+  const char* p = static_cast<const char*>(buf);
   while (n > 0) {
     ssize_t put = ::write(fd, p, n);
     if (put < 0 && errno == EINTR) continue;
@@ -109,6 +113,11 @@ static bool write_all(int fd, const char* p, size_t n) {
   }
   return true;
 }
+
+}  // namespace detail
+
+using detail::parent_of;
+using detail::write_all;
 
 void write_file_atomically(const std::string& path, const std::string& bytes, const std::string& op) {
   remove_stale_temporaries(path);

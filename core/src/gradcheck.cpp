@@ -6,17 +6,9 @@
 #include <sstream>
 
 #include "loragrad/autograd.hpp"
+#include "ops/op_util.hpp"
 
 namespace loragrad {
-
-static std::string multi_index(const Shape& s, int64_t flat) {
-  std::vector<int64_t> idx(s.size());
-  for (int64_t d = static_cast<int64_t>(s.size()) - 1; d >= 0; --d) {
-    idx[d] = flat % s[d];
-    flat /= s[d];
-  }
-  return shape_str(idx);
-}
 
 GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inputs, const GradcheckOptions& opt) {
   // Private leaf copies, so the caller's tensors and their .grad stay untouched.
@@ -87,8 +79,8 @@ GradcheckResult gradcheck(const GradcheckFn& fn, const std::vector<Tensor>& inpu
         res.max_abs_error = std::max(res.max_abs_error, err);
         if (!(err <= opt.atol + opt.rtol * std::abs(numeric))) {
           if (failures < 5)
-            report << "input " << i << " " << shape_str(xs[i].shape()) << " element " << multi_index(xs[i].shape(), k)
-                   << ", output element " << multi_index(yshape, j)
+            report << "input " << i << " " << shape_str(xs[i].shape()) << " element "
+                   << detail::position_str(k, xs[i].shape()) << ", output element " << detail::position_str(j, yshape)
                    << ": analytic " << a << " vs numeric " << numeric << " (|diff| " << err << ")\n";
           ++failures;
         }

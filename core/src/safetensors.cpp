@@ -7,6 +7,7 @@
 // truncated file gives an IOError, never a crash or a huge allocation.
 #include "loragrad/safetensors.hpp"
 
+#include "file_util.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/json_sax.hpp"
 
@@ -316,24 +317,8 @@ const char* st_dtype(DType dt) {
   return nullptr;
 }
 
-// Writes all of buf, retrying partial writes and EINTR; false on error (errno set).
-bool write_all(int fd, const void* buf, size_t n) {
-  const char* p = static_cast<const char*>(buf);
-  while (n > 0) {
-    ssize_t put = ::write(fd, p, n);
-    if (put < 0 && errno == EINTR) continue;
-    if (put < 0) return false;
-    p += put; n -= static_cast<size_t>(put);
-  }
-  return true;
-}
-
-std::string parent_dir(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
+using detail::parent_of;
+using detail::write_all;
 
 [[noreturn]] void throw_save_error(const std::string& path, const std::string& problem) {
   throw IOError("save_safetensors: '" + path + "': " + problem);
@@ -442,7 +427,7 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors, cons
   if (::rename(tmp.c_str(), path.c_str()) != 0) abandon("cannot rename '" + tmp + "' over it");
 
   // Make the rename itself durable. Best effort: the file is complete either way.
-  sync_directory(parent_dir(path));
+  sync_directory(parent_of(path));
 }
 
 }  // namespace loragrad

@@ -327,7 +327,7 @@ void Tensor::bump_version() { ++need(impl_).storage->version; }
 // ---- copies and in-place writes ----
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype());
+  Tensor out = uninitialized(shape(), dtype());
   std::memcpy(out.raw_data(), raw_data(), nbytes());
   return out;
 }
@@ -434,16 +434,15 @@ static std::shared_ptr<Storage> new_storage(const Shape& shape, DType dt, bool z
   }
 }
 
-Tensor empty(const Shape& shape, DType dt) {
+Tensor zeros(const Shape& shape, DType dt) {
   return Tensor(std::make_shared<TensorImpl>(new_storage(shape, dt, /*zero=*/true), shape, dt));
 }
-Tensor zeros(const Shape& shape, DType dt) { return empty(shape, dt); }
 Tensor uninitialized(const Shape& shape, DType dt) {
   return Tensor(std::make_shared<TensorImpl>(new_storage(shape, dt, /*zero=*/false), shape, dt));
 }
 Tensor ones(const Shape& shape, DType dt) { return full(shape, 1.0, dt); }
 Tensor full(const Shape& shape, double value, DType dt) {
-  Tensor t = empty(shape, dt);
+  Tensor t = zeros(shape, dt);
   if (value != 0.0) t.fill_(value);
   return t;
 }
@@ -456,7 +455,7 @@ Tensor arange(double start, double end, double step, DType dt) {
     throw ValueError("arange: need finite start/end and a non-zero step, got (" + std::to_string(start) +
                      ", " + std::to_string(end) + ", " + std::to_string(step) + ")");
   int64_t n = std::max<int64_t>(0, static_cast<int64_t>(std::ceil((end - start) / step)));
-  Tensor t = empty({n}, dt);
+  Tensor t = uninitialized({n}, dt);
   for (int64_t i = 0; i < n; ++i) write_at(t, i, start + static_cast<double>(i) * step);
   return t;
 }
@@ -470,19 +469,19 @@ static void check_count(size_t got, const Shape& shape, const char* op) {
 
 Tensor from_values(const std::vector<double>& values, const Shape& shape, DType dt) {
   check_count(values.size(), shape, "from_values");
-  Tensor t = empty(shape, dt);
+  Tensor t = uninitialized(shape, dt);
   for (size_t i = 0; i < values.size(); ++i) write_at(t, static_cast<int64_t>(i), values[i]);
   return t;
 }
 Tensor from_values(const std::vector<float>& values, const Shape& shape) {
   check_count(values.size(), shape, "from_values");
-  Tensor t = empty(shape, DType::f32);
+  Tensor t = uninitialized(shape, DType::f32);
   std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(float));
   return t;
 }
 Tensor from_indices(const std::vector<int64_t>& values, const Shape& shape) {
   check_count(values.size(), shape, "from_indices");
-  Tensor t = empty(shape, DType::i64);
+  Tensor t = uninitialized(shape, DType::i64);
   std::memcpy(t.raw_data(), values.data(), values.size() * sizeof(int64_t));
   return t;
 }
@@ -490,7 +489,7 @@ Tensor from_indices(const std::vector<int64_t>& values, const Shape& shape) {
 // Random fills: reserve numel counters, element i uses counter base + i.
 template <class F>
 static Tensor fill_random(const Shape& shape, DType dt, Generator& gen, const char* op, F draw) {
-  Tensor t = empty(shape, dt);
+  Tensor t = uninitialized(shape, dt);
   const int64_t n = t.numel();
   const uint64_t seed = gen.seed(), base = gen.reserve(static_cast<uint64_t>(n));
   dispatch_float(dt, op, [&](auto tag) {
@@ -520,7 +519,7 @@ Tensor normal(const Shape& shape, double mean, double stddev, Generator& gen, DT
 }
 Tensor randint(const Shape& shape, int64_t lo, int64_t hi, Generator& gen) {
   if (lo >= hi) throw ValueError("randint: empty range [" + std::to_string(lo) + ", " + std::to_string(hi) + ")");
-  Tensor t = empty(shape, DType::i64);
+  Tensor t = uninitialized(shape, DType::i64);
   const uint64_t seed = gen.seed(), base = gen.reserve(static_cast<uint64_t>(t.numel()));
   const uint64_t span = static_cast<uint64_t>(hi - lo);
   int64_t* p = t.data<int64_t>();

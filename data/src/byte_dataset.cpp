@@ -7,7 +7,7 @@
 #include <sstream>
 #include <vector>
 
-namespace loragrad {
+namespace loragrad::data {
 
 const char* split_name(Split s) { return s == Split::train ? "train" : "validation"; }
 
@@ -88,4 +88,4 @@ double bigram_cross_entropy(std::string_view train, std::string_view eval) {
   return nll / static_cast<double>(eval.size() - 1);
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::data

@@ -9,7 +9,7 @@
 #include "loragrad/error.hpp"
 #include "loragrad/generator.hpp"
 
-namespace loragrad {
+namespace loragrad::data {
 
 namespace {
 
@@ -278,4 +278,4 @@ std::string builtin_corpus(Domain domain, size_t n_bytes, uint64_t seed) {
   return out;
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::data

@@ -9,8 +9,8 @@
 
 namespace loragrad::lora {
 
-std::vector<ParamGroup> loraplus_param_groups(const nn::Module& model, double lr, double ratio, double weight_decay,
-                                              double lr_embedding) {
+std::vector<optim::ParamGroup> loraplus_param_groups(const nn::Module& model, double lr, double ratio,
+                                                     double weight_decay, double lr_embedding) {
   const std::string op = "loraplus_param_groups: ";
   if (!(lr > 0) || !std::isfinite(lr)) throw ValueError(op + "lr must be positive, got " + std::to_string(lr));
   if (!(ratio > 0) || !std::isfinite(ratio))
@@ -30,7 +30,7 @@ std::vector<ParamGroup> loraplus_param_groups(const nn::Module& model, double lr
     return dot == std::string::npos ? name : name.substr(dot + 1);
   };
 
-  ParamGroup a("groupA", {}, lr, weight_decay), emb("embedding", {}, lr_embedding, weight_decay),
+  optim::ParamGroup a("groupA", {}, lr, weight_decay), emb("embedding", {}, lr_embedding, weight_decay),
       b("groupB", {}, lr * ratio, weight_decay), b_no_decay("groupB_no_decay", {}, lr * ratio, 0.0);
   for (const auto& [name, p] : model.named_parameters()) {
     if (!p.requires_grad()) continue;
@@ -45,8 +45,8 @@ std::vector<ParamGroup> loraplus_param_groups(const nn::Module& model, double lr
       a.params.push_back(p);
     }
   }
-  std::vector<ParamGroup> groups;
-  for (ParamGroup* g : {&a, &emb, &b, &b_no_decay})
+  std::vector<optim::ParamGroup> groups;
+  for (optim::ParamGroup* g : {&a, &emb, &b, &b_no_decay})
     if (!g->params.empty()) groups.push_back(*g);
   if (groups.empty()) throw ValueError(op + "the " + model.type_name() + " has no trainable parameter");
   return groups;

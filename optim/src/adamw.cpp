@@ -8,7 +8,7 @@
 
 #include "update_loop.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 AdamW::AdamW(std::vector<ParamGroup> groups) : Optimizer("AdamW", std::move(groups)) { check_groups(); }
 
@@ -93,4 +93,4 @@ void AdamW::update(const ParamGroup& g, Tensor& param, const Tensor& grad, Param
   s.buffers[1].bump_version();
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -7,7 +7,7 @@
 
 #include "update_loop.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 namespace {
 
@@ -68,4 +68,4 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   return total;
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

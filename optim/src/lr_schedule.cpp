@@ -5,7 +5,7 @@
 #include <cmath>
 #include <sstream>
 
-namespace loragrad {
+namespace loragrad::optim {
 
 LRSchedule::LRSchedule(Kind kind, int64_t warmup, int64_t total, double min_ratio, double cycles)
     : kind_(kind), warmup_(warmup), total_(total), min_ratio_(min_ratio), cycles_(cycles) {
@@ -68,4 +68,4 @@ std::string LRSchedule::str() const {
   return os.str();
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -9,7 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
-namespace loragrad {
+namespace loragrad::optim {
 
 namespace {
 
@@ -250,4 +250,4 @@ void Optimizer::load(const std::string& path) {
   load_state_dict(f.tensors, f.metadata);
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

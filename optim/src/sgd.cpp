@@ -3,7 +3,7 @@
 
 #include "update_loop.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 SGD::SGD(std::vector<ParamGroup> groups) : Optimizer("SGD", std::move(groups)) { check_groups(); }
 
@@ -57,4 +57,4 @@ void SGD::update(const ParamGroup& g, Tensor& param, const Tensor& grad, ParamSt
   });
 }
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

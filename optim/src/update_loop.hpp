@@ -7,7 +7,7 @@
 
 #include "loragrad/parallel.hpp"
 
-namespace loragrad::detail {
+namespace loragrad::optim::detail {
 
 template <class F>
 inline void for_each_chunk(int64_t n, F&& body) {
@@ -21,4 +21,4 @@ inline void for_each_chunk(int64_t n, F&& body) {
   }
 }
 
-}  // namespace loragrad::detail
+}  // namespace loragrad::optim::detail

@@ -9,35 +9,35 @@
 
 namespace loragrad::train {
 
-std::vector<Batch> fixed_batches(const ByteDataset& data, Split split, int64_t n_batches, int64_t batch, int64_t seq,
-                                 uint64_t seed) {
+std::vector<data::Batch> fixed_batches(const data::ByteDataset& data, data::Split split, int64_t n_batches,
+                                       int64_t batch, int64_t seq, uint64_t seed) {
   if (n_batches < 1) throw ValueError("fixed_batches: n_batches must be >= 1, got " + std::to_string(n_batches));
   Generator gen(seed);
-  std::vector<Batch> batches;
+  std::vector<data::Batch> batches;
   batches.reserve(static_cast<size_t>(n_batches));
   for (int64_t i = 0; i < n_batches; ++i) batches.push_back(data.sample(split, batch, seq, gen));
   return batches;
 }
 
-double evaluate(nn::TinyGPT& model, const std::vector<Batch>& batches) {
+double evaluate(nn::TinyGPT& model, const std::vector<data::Batch>& batches) {
   if (batches.empty()) throw ValueError("evaluate: no batches to evaluate on");
   nn::ModeScope eval_mode(model, false);
   NoGradGuard no_grad;
   double sum = 0.0;
-  for (const Batch& b : batches) sum += model.loss(b.x, b.y).item();
+  for (const data::Batch& b : batches) sum += model.loss(b.x, b.y).item();
   return sum / static_cast<double>(batches.size());
 }
 
-StepResult train_step(nn::TinyGPT& model, Optimizer& optimizer, const std::vector<Batch>& micro_batches,
+StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
                       double max_grad_norm) {
   if (micro_batches.empty()) throw ValueError("train_step: no micro-batches");
   std::vector<Tensor> params;
-  for (const ParamGroup& g : optimizer.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
+  for (const optim::ParamGroup& g : optimizer.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
 
   StepResult r;
   optimizer.zero_grad();
   const double k = static_cast<double>(micro_batches.size());
-  for (const Batch& b : micro_batches) {
+  for (const data::Batch& b : micro_batches) {
     Tensor loss = model.loss(b.x, b.y);  // 0-d
     const double value = loss.item();
     r.loss += value / k;
@@ -48,7 +48,7 @@ StepResult train_step(nn::TinyGPT& model, Optimizer& optimizer, const std::vecto
     }
     (micro_batches.size() == 1 ? loss : loss * (1.0 / k)).backward();
   }
-  r.grad_norm = max_grad_norm > 0 ? clip_grad_norm(params, max_grad_norm) : grad_norm(params);
+  r.grad_norm = max_grad_norm > 0 ? optim::clip_grad_norm(params, max_grad_norm) : optim::grad_norm(params);
   if (!std::isfinite(r.grad_norm)) {
     optimizer.zero_grad();
     return r;

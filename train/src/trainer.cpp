@@ -131,16 +131,16 @@ void TrainConfig::validate() const {
   if (save_every > 0 && out_dir.empty()) throw ValueError("TrainConfig: save_every needs an out_dir");
 }
 
-LRSchedule TrainConfig::lr_schedule() const {
+optim::LRSchedule TrainConfig::lr_schedule() const {
   const int64_t w = warmup >= 0 ? warmup : std::max<int64_t>(1, steps / 20);
-  if (schedule == "constant") return LRSchedule::constant(w);
-  if (schedule == "linear") return LRSchedule::linear(w, steps);
-  return LRSchedule::cosine(w, steps, min_lr_ratio);
+  if (schedule == "constant") return optim::LRSchedule::constant(w);
+  if (schedule == "linear") return optim::LRSchedule::linear(w, steps);
+  return optim::LRSchedule::cosine(w, steps, min_lr_ratio);
 }
 
 // ============================ the loop ============================
 
-Trainer::Trainer(nn::TinyGPT& model, Optimizer& optimizer, TextSource train, TextSource val, TrainConfig config,
+Trainer::Trainer(nn::TinyGPT& model, optim::Optimizer& optimizer, TextSource train, TextSource val, TrainConfig config,
                  Output output, json identity)
     : model_(model),
       opt_(optimizer),
@@ -170,8 +170,8 @@ Trainer::Trainer(nn::TinyGPT& model, Optimizer& optimizer, TextSource train, Tex
 
 std::string Trainer::checkpoint_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
 
-std::vector<Batch> Trainer::next_micro_batches() {
-  std::vector<Batch> mb;
+std::vector<data::Batch> Trainer::next_micro_batches() {
+  std::vector<data::Batch> mb;
   for (int64_t k = 0; k < cfg_.grad_accum; ++k) mb.push_back(train_.data->sample(train_.split, cfg_.batch, cfg_.seq, batch_gen_));
   return mb;
 }
@@ -221,7 +221,7 @@ TrainResult Trainer::fit() {
   model_.train();
   while (!stop && step_ < cfg_.steps) {
     schedule_.apply(opt_, step_);
-    const std::vector<Batch> mb = next_micro_batches();
+    const std::vector<data::Batch> mb = next_micro_batches();
     MemoryUse before;
     weight_bytes(model_, before);
     const size_t opt_before = opt_.state_bytes();

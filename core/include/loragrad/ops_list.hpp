@@ -2,6 +2,9 @@
 // Every differentiable op, listed once. record() takes an Op, so an op cannot
 // join the autograd graph without a name here, and tests/test_gradcheck_ops.cpp
 // fails when a name here has no entry in the op table (tests/op_table.cpp).
+// Its name in messages and graph nodes comes from here too (op_name,
+// op_backward_name): an implementation that takes it from there cannot spell
+// it differently.
 namespace loragrad {
 
 #define LORAGRAD_OPS(X)                                                        \
@@ -27,13 +30,24 @@ enum class Op {
 #undef LORAGRAD_OP_ENUM
 };
 
-inline const char* op_name(Op op) {
+// "matmul": what messages and grad_fn call the op.
+constexpr const char* op_name(Op op) {
   switch (op) {
 #define LORAGRAD_OP_NAME(name) case Op::name: return #name;
     LORAGRAD_OPS(LORAGRAD_OP_NAME)
 #undef LORAGRAD_OP_NAME
   }
   return "?";
+}
+
+// "matmul backward": what the op's backward pass calls itself in messages.
+constexpr const char* op_backward_name(Op op) {
+  switch (op) {
+#define LORAGRAD_OP_BACKWARD_NAME(name) case Op::name: return #name " backward";
+    LORAGRAD_OPS(LORAGRAD_OP_BACKWARD_NAME)
+#undef LORAGRAD_OP_BACKWARD_NAME
+  }
+  return "? backward";
 }
 
 inline constexpr Op all_ops[] = {

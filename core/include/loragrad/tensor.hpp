@@ -115,7 +115,6 @@ struct TensorImpl {
 };
 
 // ---- factories ----
-Tensor empty(const Shape& shape, DType dt = DType::f32);   // zero-filled, like zeros
 Tensor zeros(const Shape& shape, DType dt = DType::f32);
 // Values left undefined: only for kernels that overwrite every element.
 Tensor uninitialized(const Shape& shape, DType dt = DType::f32);

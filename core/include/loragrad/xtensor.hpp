@@ -30,7 +30,7 @@ Tensor from_xtensor(const xt::xexpression<E>& expr) {
   using T = typename E::value_type;
   const auto& e = expr.derived_cast();
   Shape shape(e.shape().begin(), e.shape().end());
-  Tensor t = empty(shape, detail::dtype_for<T>());
+  Tensor t = uninitialized(shape, detail::dtype_for<T>());
   auto view = xt::adapt(t.data<T>(), static_cast<size_t>(t.numel()), xt::no_ownership(),
                         std::vector<size_t>(e.shape().begin(), e.shape().end()));
   view = e;

@@ -16,14 +16,9 @@
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
-namespace detail {
-// softmax.cpp: sum_j exp(x[j] - shift), the terms written to y.
-float exp_shift_sum(const float* x, float* y, int64_t n, float shift);
-double exp_shift_sum(const double* x, double* y, int64_t n, double shift);
-}  // namespace detail
-
 namespace {
 
 using kernels::gemm;
@@ -119,7 +114,7 @@ void attention_backward_head(const AttnDims& D, const T* q, const T* k, const T*
 }
 
 void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head) {
-  const char* op = "causal_attention";
+  const char* op = op_name(Op::causal_attention);
   check_same_dtype(q, k, op);
   check_same_dtype(q, v, op);
   if (q.dim() != 3 || k.shape() != q.shape() || v.shape() != q.shape())
@@ -137,10 +132,10 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
   const AttnDims D{q.size(0), q.size(1), q.size(2), n_head, q.size(2) / n_head};
   const int64_t pairs = D.B * D.H;
   const int64_t work = pairs * D.T * D.T * std::max<int64_t>(D.hd, 1);
-  Tensor out = empty(q.shape(), q.dtype());          // (B, T, d)
-  Tensor P = empty({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
+  Tensor out = zeros(q.shape(), q.dtype());          // (B, T, d)
+  Tensor P = zeros({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
   if (q.numel() > 0) {
-    dispatch_float(q.dtype(), "causal_attention", [&](auto tag) {
+    dispatch_float(q.dtype(), op_name(Op::causal_attention), [&](auto tag) {
       using T = decltype(tag);
       const T* pq = q.data<T>();
       const T* pk = k.data<T>();
@@ -160,11 +155,11 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
                 [sq = SavedTensor(q, op), sk = SavedTensor(k, op), sv = SavedTensor(v, op), sP = SavedTensor(P, op),
                  D, pairs, work](const Tensor& g, const NeedsGrad& needs) -> Grads {
                   const Tensor& qv = sq.get();
-                  Tensor dq = needs[0] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
-                  Tensor dk = needs[1] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
-                  Tensor dv = needs[2] ? empty(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dq = needs[0] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dk = needs[1] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
+                  Tensor dv = needs[2] ? zeros(qv.shape(), qv.dtype()) : Tensor();  // (B, T, d)
                   if (qv.numel() == 0) return {dq, dk, dv};
-                  dispatch_float(qv.dtype(), "causal_attention backward", [&](auto tag) {
+                  dispatch_float(qv.dtype(), op_backward_name(Op::causal_attention), [&](auto tag) {
                     using T = decltype(tag);
                     const T* pq = qv.data<T>();
                     const T* pk = sk.get().data<T>();

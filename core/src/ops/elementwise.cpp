@@ -178,10 +178,11 @@ static void vector_loop(int64_t n, F f) {
 
 // y = f(x) elementwise; f is generic over scalars and xsimd batches.
 template <class F>
-static Tensor map(const Tensor& x, const char* op, F f) {
-  check_floating(x, op);
+static Tensor map(const Tensor& x, Op op, F f) {
+  const char* name = op_name(op);
+  check_floating(x, name);
   Tensor y = uninitialized(x.shape(), x.dtype());
-  dispatch_float(x.dtype(), op, [&](auto tag) {
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();  // (numel)
     T* py = y.data<T>();        // (numel)
@@ -195,11 +196,11 @@ static Tensor map(const Tensor& x, const char* op, F f) {
 }
 
 // out = f(g, s) elementwise for two same-shape tensors: the fused backward of
-// a unary op from its upstream gradient g and one saved tensor s.
+// unary op `op` from its upstream gradient g and one saved tensor s.
 template <class F>
-static Tensor zip(const Tensor& g, const Tensor& s, const char* op, F f) {
+static Tensor zip(const Tensor& g, const Tensor& s, Op op, F f) {
   Tensor out = uninitialized(g.shape(), g.dtype());
-  dispatch_float(g.dtype(), op, [&](auto tag) {
+  dispatch_float(g.dtype(), op_backward_name(op), [&](auto tag) {
     using T = decltype(tag);
     const T* pg = g.data<T>();  // (numel)
     const T* ps = s.data<T>();  // (numel)
@@ -240,32 +241,33 @@ template <class T, class A> static xsimd::batch<T, A> pass_if_positive(xsimd::ba
 }
 
 Tensor neg(const Tensor& x) {
-  Tensor y = map(x, "neg", [](auto v) { return -v; });
+  Tensor y = map(x, Op::neg, [](auto v) { return -v; });
   return record(Op::neg, y, {x}, [](const Tensor& g, const NeedsGrad&) -> Grads { return {neg(g)}; });
 }
 
 Tensor exp(const Tensor& x) {
-  Tensor y = map(x, "exp", [](auto v) { return xsimd::exp(v); });
+  Tensor y = map(x, Op::exp, [](auto v) { return xsimd::exp(v); });
   return record(Op::exp, y, {x}, [sy = SavedTensor(y, Op::exp)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "exp backward", [](auto gi, auto yi) { return gi * yi; })};
+    return {zip(g, sy.get(), Op::exp, [](auto gi, auto yi) { return gi * yi; })};
   });
 }
 
 Tensor log(const Tensor& x) {
-  Tensor y = map(x, "log", [](auto v) { return xsimd::log(v); });
+  Tensor y = map(x, Op::log, [](auto v) { return xsimd::log(v); });
   return record(Op::log, y, {x}, [sx = SavedTensor(x, Op::log)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sx.get(), "log backward", [](auto gi, auto xi) { return gi / xi; })};
+    return {zip(g, sx.get(), Op::log, [](auto gi, auto xi) { return gi / xi; })};
   });
 }
 
 Tensor sqrt(const Tensor& x) {
-  Tensor y = map(x, "sqrt", [](auto v) { return xsimd::sqrt(v); });
+  Tensor y = map(x, Op::sqrt, [](auto v) { return xsimd::sqrt(v); });
   return record(Op::sqrt, y, {x}, [sy = SavedTensor(y, Op::sqrt)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "sqrt backward", [](auto gi, auto yi) { return gi / (yi + yi); })};
+    return {zip(g, sy.get(), Op::sqrt, [](auto gi, auto yi) { return gi / (yi + yi); })};
   });
 }
 
 Tensor pow(const Tensor& x, double p) {
+  // Messages say "pow", the function the caller wrote; the op is pow_scalar.
   Tensor y = map_scalar(x, "pow", [p](auto v) { return std::pow(v, static_cast<decltype(v)>(p)); });
   return record(Op::pow_scalar, y, {x}, [sx = SavedTensor(x, Op::pow_scalar), p](const Tensor& g, const NeedsGrad&) -> Grads {
     // d x^p = p x^(p-1) dx
@@ -275,23 +277,23 @@ Tensor pow(const Tensor& x, double p) {
 }
 
 Tensor tanh(const Tensor& x) {
-  Tensor y = map(x, "tanh", [](auto v) { return xsimd::tanh(v); });
+  Tensor y = map(x, Op::tanh, [](auto v) { return xsimd::tanh(v); });
   return record(Op::tanh, y, {x}, [sy = SavedTensor(y, Op::tanh)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "tanh backward", [](auto gi, auto yi) { return gi * (1 - yi * yi); })};
+    return {zip(g, sy.get(), Op::tanh, [](auto gi, auto yi) { return gi * (1 - yi * yi); })};
   });
 }
 
 Tensor sigmoid(const Tensor& x) {
-  Tensor y = map(x, "sigmoid", [](auto v) { return 1 / (1 + xsimd::exp(-v)); });
+  Tensor y = map(x, Op::sigmoid, [](auto v) { return 1 / (1 + xsimd::exp(-v)); });
   return record(Op::sigmoid, y, {x}, [sy = SavedTensor(y, Op::sigmoid)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "sigmoid backward", [](auto gi, auto yi) { return gi * yi * (1 - yi); })};
+    return {zip(g, sy.get(), Op::sigmoid, [](auto gi, auto yi) { return gi * yi * (1 - yi); })};
   });
 }
 
 Tensor relu(const Tensor& x) {
-  Tensor y = map(x, "relu", [](auto v) { return relu_of(v); });
+  Tensor y = map(x, Op::relu, [](auto v) { return relu_of(v); });
   return record(Op::relu, y, {x}, [sy = SavedTensor(y, Op::relu)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sy.get(), "relu backward", [](auto gi, auto yi) { return pass_if_positive(yi, gi); })};
+    return {zip(g, sy.get(), Op::relu, [](auto gi, auto yi) { return pass_if_positive(yi, gi); })};
   });
 }
 
@@ -312,17 +314,17 @@ template <class T, class A> struct element<xsimd::batch<T, A>> { using type = T;
 template <class V> using element_t = typename element<V>::type;
 
 Tensor gelu(const Tensor& x) {
-  Tensor y = map(x, "gelu", [](auto v) { return gelu_value<element_t<decltype(v)>>(v); });
+  Tensor y = map(x, Op::gelu, [](auto v) { return gelu_value<element_t<decltype(v)>>(v); });
   return record(Op::gelu, y, {x}, [sx = SavedTensor(x, Op::gelu)](const Tensor& g, const NeedsGrad&) -> Grads {
-    return {zip(g, sx.get(), "gelu backward", [](auto gi, auto xi) { return gi * gelu_grad<element_t<decltype(xi)>>(xi); })};
+    return {zip(g, sx.get(), Op::gelu, [](auto gi, auto xi) { return gi * gelu_grad<element_t<decltype(xi)>>(xi); })};
   });
 }
 
 Tensor silu(const Tensor& x) {
-  Tensor y = map(x, "silu", [](auto v) { return v / (1 + xsimd::exp(-v)); });
+  Tensor y = map(x, Op::silu, [](auto v) { return v / (1 + xsimd::exp(-v)); });
   return record(Op::silu, y, {x}, [sx = SavedTensor(x, Op::silu)](const Tensor& g, const NeedsGrad&) -> Grads {
     // d(x s(x)) = s + x s (1 - s)
-    return {zip(g, sx.get(), "silu backward", [](auto gi, auto xi) {
+    return {zip(g, sx.get(), Op::silu, [](auto gi, auto xi) {
       const auto s = 1 / (1 + xsimd::exp(-xi));
       return gi * (s + xi * s * (1 - s));
     })};
@@ -330,9 +332,11 @@ Tensor silu(const Tensor& x) {
 }
 
 Tensor cast(const Tensor& x, DType dt) {
-  check_floating(x, "cast");
-  if (!is_floating(dt)) throw DTypeError(std::string("cast: target must be float32 or float64, got ") + dtype_name(dt));
-  Tensor y = empty(x.shape(), dt);
+  const char* name = op_name(Op::cast);
+  check_floating(x, name);
+  if (!is_floating(dt))
+    throw DTypeError(std::string(name) + ": target must be float32 or float64, got " + dtype_name(dt));
+  Tensor y = uninitialized(x.shape(), dt);
   y.copy_(x);
   return record(Op::cast, y, {x}, [from = x.dtype()](const Tensor& g, const NeedsGrad&) -> Grads {
     return {cast(g, from)};
@@ -347,7 +351,7 @@ static Tensor keep_mask(const Tensor& mask, const Shape& shape, DType dt, const 
   if (broadcast_shapes(mask.shape(), shape, op) != shape)
     throw ShapeError(std::string(op) + ": mask " + shape_str(mask.shape()) + " does not broadcast to input " +
                      shape_str(shape));
-  Tensor m = empty(mask.shape(), dt);
+  Tensor m = uninitialized(mask.shape(), dt);
   const std::vector<double> v = mask.to_vector();
   dispatch_float(dt, op, [&](auto tag) {
     using T = decltype(tag);
@@ -358,8 +362,9 @@ static Tensor keep_mask(const Tensor& mask, const Shape& shape, DType dt, const 
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
-  check_floating(x, "masked_fill");
-  Tensor keep = keep_mask(mask, x.shape(), x.dtype(), "masked_fill");  // broadcastable to x
+  const char* name = op_name(Op::masked_fill);
+  check_floating(x, name);
+  Tensor keep = keep_mask(mask, x.shape(), x.dtype(), name);  // broadcastable to x
   Tensor y;
   {
     NoGradGuard ng;
@@ -374,14 +379,15 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
-  check_floating(x, "dropout");
+  const char* name = op_name(Op::dropout);
+  check_floating(x, name);
   if (!(p >= 0 && p < 1))
-    throw ValueError("dropout: p must be in [0, 1), got " + std::to_string(p));
+    throw ValueError(std::string(name) + ": p must be in [0, 1), got " + std::to_string(p));
   if (!training || p == 0) return x;
   // scale[i] = 0 with probability p, else 1/(1-p); the same tensor scales the gradient.
   Tensor scale = uninitialized(x.shape(), x.dtype());
   const uint64_t seed = gen.seed(), base = gen.reserve(static_cast<uint64_t>(x.numel()));
-  dispatch_float(x.dtype(), "dropout", [&](auto tag) {
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     T* ps = scale.data<T>();
     const T keep = static_cast<T>(1.0 / (1.0 - p));

@@ -7,9 +7,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // An index tensor must be i64 with every value in [0, n).
 void check_indices(const Tensor& index, int64_t n, const char* op, const std::string& what) {
@@ -22,12 +25,6 @@ void check_indices(const Tensor& index, int64_t n, const char* op, const std::st
     if (pi[k] < 0 || pi[k] >= n)
       throw IndexError(std::string(op) + ": index " + std::to_string(pi[k]) + " out of range [0, " +
                        std::to_string(n) + ") (" + what + ")");
-}
-
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
 }
 
 // y (outer, K, inner) = x (outer, n, inner)[:, idx, :], moved as bytes.
@@ -46,7 +43,7 @@ void gather_rows(const char* x, char* y, const int64_t* idx, int64_t outer, int6
 // never race on one row.
 Tensor scatter_add_rows(const Tensor& g, const Shape& xshape, const int64_t* idx, int64_t outer, int64_t n,
                         int64_t K, int64_t inner) {
-  Tensor gx = empty(xshape, g.dtype());
+  Tensor gx = zeros(xshape, g.dtype());
   if (inner == 0) return gx;
   dispatch_float(g.dtype(), "scatter_add", [&](auto tag) {
     using T = decltype(tag);
@@ -70,18 +67,18 @@ Tensor scatter_add_rows(const Tensor& g, const Shape& xshape, const int64_t* idx
 }  // namespace
 
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
-  check_defined(x, "index_select");
-  if (x.dim() == 0) throw ShapeError("index_select: cannot index a 0-d tensor");
-  const int64_t d = wrap_dim(dim, x.dim(), "index_select");
+  const char* name = op_name(Op::index_select);
+  check_defined(x, name);
+  if (x.dim() == 0) throw ShapeError(std::string(name) + ": cannot index a 0-d tensor");
+  const int64_t d = wrap_dim(dim, x.dim(), name);
   const Shape& s = x.shape();
-  check_indices(index, s[d], "index_select",
-                "dim " + std::to_string(dim) + " of shape " + shape_str(s));
+  check_indices(index, s[d], name, "dim " + std::to_string(dim) + " of shape " + shape_str(s));
   if (index.dim() > 1)
-    throw ShapeError("index_select: index must be 1-d, got shape " + shape_str(index.shape()));
+    throw ShapeError(std::string(name) + ": index must be 1-d, got shape " + shape_str(index.shape()));
   const int64_t K = index.numel(), outer = prod(s, 0, d), inner = prod(s, d + 1, s.size());
   Shape out_shape = s;
   out_shape[d] = K;
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = uninitialized(out_shape, x.dtype());
   gather_rows(static_cast<const char*>(x.raw_data()), static_cast<char*>(y.raw_data()), index.data<int64_t>(),
               outer, s[d], K, inner * static_cast<int64_t>(dtype_size(x.dtype())));
   return record(Op::index_select, y, {x, index},
@@ -93,14 +90,15 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& idx) {
-  check_floating(weight, "embedding");
+  const char* name = op_name(Op::embedding);
+  check_floating(weight, name);
   if (weight.dim() != 2)
-    throw ShapeError("embedding: weight must be 2-d (V, d), got shape " + shape_str(weight.shape()));
+    throw ShapeError(std::string(name) + ": weight must be 2-d (V, d), got shape " + shape_str(weight.shape()));
   const int64_t V = weight.shape()[0], D = weight.shape()[1];
-  check_indices(idx, V, "embedding", "weight of shape " + shape_str(weight.shape()));
+  check_indices(idx, V, name, "weight of shape " + shape_str(weight.shape()));
   Shape out_shape = idx.shape();
   out_shape.push_back(D);
-  Tensor y = empty(out_shape, weight.dtype());  // (idx..., D)
+  Tensor y = uninitialized(out_shape, weight.dtype());  // (idx..., D)
   const int64_t K = idx.numel();
   gather_rows(static_cast<const char*>(weight.raw_data()), static_cast<char*>(y.raw_data()), idx.data<int64_t>(),
               1, V, K, D * static_cast<int64_t>(dtype_size(weight.dtype())));

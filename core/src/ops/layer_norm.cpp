@@ -16,9 +16,10 @@ namespace {
 
 void check_affine(const Tensor& p, const char* what, const Tensor& x, int64_t C) {
   if (!p.defined()) return;
-  check_same_dtype(x, p, "layer_norm");
+  const char* name = op_name(Op::layer_norm);
+  check_same_dtype(x, p, name);
   if (p.shape() != Shape{C})
-    throw ShapeError(std::string("layer_norm: ") + what + " " + shape_str(p.shape()) + " must have shape [" +
+    throw ShapeError(std::string(name) + ": " + what + " " + shape_str(p.shape()) + " must have shape [" +
                      std::to_string(C) + "] to match the last dim of x " + shape_str(x.shape()));
 }
 
@@ -93,19 +94,22 @@ int64_t ln_partial_blocks(int64_t N) {
 }  // namespace
 
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
-  check_floating(x, "layer_norm");
-  if (x.dim() < 1) throw ShapeError("layer_norm: x must have at least 1 dim, got shape " + shape_str(x.shape()));
+  const Op op = Op::layer_norm;
+  const char* name = op_name(op);
+  check_floating(x, name);
+  if (x.dim() < 1)
+    throw ShapeError(std::string(name) + ": x must have at least 1 dim, got shape " + shape_str(x.shape()));
   if (!(eps >= 0) || !std::isfinite(eps))
-    throw ValueError("layer_norm: eps must be finite and >= 0, got " + std::to_string(eps));
+    throw ValueError(std::string(name) + ": eps must be finite and >= 0, got " + std::to_string(eps));
   const int64_t C = x.size(-1);
   const int64_t N = C ? x.numel() / C : 0;
   check_affine(weight, "weight", x, C);
   check_affine(bias, "bias", x, C);
 
-  Tensor y = empty(x.shape(), x.dtype());
-  Tensor mean = empty({N}, x.dtype());  // (N,)
-  Tensor rstd = empty({N}, x.dtype());  // (N,)
-  dispatch_float(x.dtype(), "layer_norm", [&](auto tag) {
+  Tensor y = zeros(x.shape(), x.dtype());
+  Tensor mean = zeros({N}, x.dtype());  // (N,)
+  Tensor rstd = zeros({N}, x.dtype());  // (N,)
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     const T* px = x.data<T>();                                 // (N, C)
     const T* pw = weight.defined() ? weight.data<T>() : nullptr;  // (C,)
@@ -118,16 +122,15 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, dou
     });
   });
 
-  const Op op = Op::layer_norm;
   return record(op, y, {x, weight, bias},
                 [sx = SavedTensor(x, op), sw = SavedTensor(weight, op), smean = SavedTensor(mean, op),
                  srstd = SavedTensor(rstd, op), C, N](const Tensor& g, const NeedsGrad& needs) -> Grads {
                   const Tensor& xv = sx.get();
                   const Tensor& wv = sw.get();
-                  Tensor dx = needs[0] ? empty(xv.shape(), xv.dtype()) : Tensor();
-                  Tensor dw = needs[1] ? empty({C}, xv.dtype()) : Tensor();
-                  Tensor db = needs[2] ? empty({C}, xv.dtype()) : Tensor();
-                  dispatch_float(xv.dtype(), "layer_norm backward", [&](auto tag) {
+                  Tensor dx = needs[0] ? zeros(xv.shape(), xv.dtype()) : Tensor();
+                  Tensor dw = needs[1] ? zeros({C}, xv.dtype()) : Tensor();
+                  Tensor db = needs[2] ? zeros({C}, xv.dtype()) : Tensor();
+                  dispatch_float(xv.dtype(), op_backward_name(Op::layer_norm), [&](auto tag) {
                     using T = decltype(tag);
                     const T* px = xv.data<T>();  // (N, C)
                     const T* pg = g.data<T>();   // (N, C)

@@ -34,7 +34,7 @@ Tensor batched_product(const Tensor& a, bool ta, const Tensor& b, bool tb, const
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor c = K > 0 ? uninitialized(out_shape, a.dtype()) : empty(out_shape, a.dtype());  // K == 0: zeros
+  Tensor c = K > 0 ? uninitialized(out_shape, a.dtype()) : zeros(out_shape, a.dtype());  // K == 0: zeros
   const int64_t nbatch = shape_numel(batch);
   if (c.numel() == 0 || K == 0) return c;
 
@@ -77,7 +77,7 @@ Tensor batched_product(const Tensor& a, bool ta, const Tensor& b, bool tb, const
 
 // C = A B.  dA = dC B^T,  dB = A^T dC.
 Tensor matmul(const Tensor& a, const Tensor& b) {
-  Tensor c = batched_product(a, false, b, false, "matmul");
+  Tensor c = batched_product(a, false, b, false, op_name(Op::matmul));
   return record(Op::matmul, c, {a, b}, [sa = SavedTensor(b.requires_grad() ? a : Tensor(), Op::matmul),
                                         sb = SavedTensor(a.requires_grad() ? b : Tensor(), Op::matmul),
                                         ha = a.shape(), hb = b.shape()](const Tensor& g, const NeedsGrad& need) -> Grads {
@@ -94,7 +94,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 // C = A B^T (B stored (N, K)).  dA = dC B,  dB = dC^T A.
 Tensor matmul_nt(const Tensor& a, const Tensor& b) {
-  Tensor c = batched_product(a, false, b, true, "matmul_nt");
+  Tensor c = batched_product(a, false, b, true, op_name(Op::matmul_nt));
   return record(Op::matmul_nt, c, {a, b}, [sa = SavedTensor(b.requires_grad() ? a : Tensor(), Op::matmul_nt),
                                            sb = SavedTensor(a.requires_grad() ? b : Tensor(), Op::matmul_nt),
                                            ha = a.shape(), hb = b.shape()](const Tensor& g, const NeedsGrad& need) -> Grads {
@@ -110,7 +110,7 @@ Tensor matmul_nt(const Tensor& a, const Tensor& b) {
 
 // C = A^T B (A stored (K, M)).  dA = B dC^T,  dB = A dC.
 Tensor matmul_tn(const Tensor& a, const Tensor& b) {
-  Tensor c = batched_product(a, true, b, false, "matmul_tn");
+  Tensor c = batched_product(a, true, b, false, op_name(Op::matmul_tn));
   return record(Op::matmul_tn, c, {a, b}, [sa = SavedTensor(b.requires_grad() ? a : Tensor(), Op::matmul_tn),
                                            sb = SavedTensor(a.requires_grad() ? b : Tensor(), Op::matmul_tn),
                                            ha = a.shape(), hb = b.shape()](const Tensor& g, const NeedsGrad& need) -> Grads {
@@ -123,22 +123,23 @@ Tensor matmul_tn(const Tensor& a, const Tensor& b) {
 
 // y = x W^T + b, x (..., in), W (out, in), b (out).
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  check_same_dtype(x, weight, "linear");
+  const char* name = op_name(Op::linear);
+  check_same_dtype(x, weight, name);
   if (weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1))
-    throw ShapeError("linear: input " + shape_str(x.shape()) + " does not fit weight " + shape_str(weight.shape()) +
-                     " (expected input (..., " + (weight.dim() == 2 ? std::to_string(weight.size(1)) : "in") +
-                     ") and weight (out, in))");
+    throw ShapeError(std::string(name) + ": input " + shape_str(x.shape()) + " does not fit weight " +
+                     shape_str(weight.shape()) + " (expected input (..., " +
+                     (weight.dim() == 2 ? std::to_string(weight.size(1)) : "in") + ") and weight (out, in))");
   const int64_t in = weight.size(1), out = weight.size(0), rows = x.numel() / std::max<int64_t>(in, 1);
   if (bias.defined()) {
-    check_same_dtype(x, bias, "linear");
+    check_same_dtype(x, bias, name);
     if (bias.shape() != Shape{out})
-      throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not fit weight " + shape_str(weight.shape()) +
-                       " (expected [" + std::to_string(out) + "])");
+      throw ShapeError(std::string(name) + ": bias " + shape_str(bias.shape()) + " does not fit weight " +
+                       shape_str(weight.shape()) + " (expected [" + std::to_string(out) + "])");
   }
   Shape ys = x.shape();
   ys.back() = out;
-  Tensor y = in > 0 ? uninitialized(ys, x.dtype()) : empty(ys, x.dtype());
-  dispatch_float(x.dtype(), "linear", [&](auto tag) {
+  Tensor y = in > 0 ? uninitialized(ys, x.dtype()) : zeros(ys, x.dtype());
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     T* py = y.data<T>();  // (rows, out)
     T beta = T(0);

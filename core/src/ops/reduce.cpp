@@ -13,9 +13,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // The dims to reduce: wrapped, sorted, each once; all dims when `dims` is empty.
 std::vector<int64_t> reduce_dims(const Tensor& x, const std::vector<int64_t>& dims, const char* op) {
@@ -47,12 +50,6 @@ Shape reduced_shape(const Shape& s, const std::vector<int64_t>& rdims, bool keep
     else if (keepdim) out.push_back(1);
   }
   return out;
-}
-
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
 }
 
 // A tensor with t's storage and another shape of the same numel (no autograd).
@@ -137,8 +134,8 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
     i = j;
   }
   if (runs.empty()) {  // nothing reduced (0-d input): a scaled copy
-    Tensor y = empty(cur, x.dtype());
-    dispatch_float(x.dtype(), "sum", [&](auto tag) {
+    Tensor y = zeros(cur, x.dtype());
+    dispatch_float(x.dtype(), op_name(Op::sum), [&](auto tag) {
       using T = decltype(tag);
       sum_block<T>(x.data<T>(), y.data<T>(), x.numel(), 1, 1, scale);
     });
@@ -148,9 +145,9 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
     const auto [a, b] = runs[k];
     const int64_t outer = prod(cur, 0, a), red = prod(cur, a, b), inner = prod(cur, b, cur.size());
     for (size_t d = a; d < b; ++d) cur[d] = 1;
-    Tensor y = empty(cur, x.dtype());
+    Tensor y = zeros(cur, x.dtype());
     const double s = k == 0 ? scale : 1.0;  // scale once, on the last pass
-    dispatch_float(x.dtype(), "sum", [&](auto tag) {
+    dispatch_float(x.dtype(), op_name(Op::sum), [&](auto tag) {
       using T = decltype(tag);
       sum_block<T>(src.data<T>(), y.data<T>(), outer, red, inner, s);  // (outer, red, inner) -> (outer, inner)
     });
@@ -162,7 +159,7 @@ Tensor sum_kernel(const Tensor& x, const std::vector<int64_t>& rdims, double sca
 // out (shape) = scale * src broadcast, where src has `src_shape`: same rank as
 // `shape`, each dim equal to it or 1. The backward of every reduction here.
 Tensor broadcast_scaled(const Tensor& src, const Shape& src_shape, const Shape& shape, double scale) {
-  Tensor out = empty(shape, src.dtype());
+  Tensor out = zeros(shape, src.dtype());
   if (out.numel() == 0) return out;
   // Collapse to alternating runs of broadcast / kept dims (size-1 dims dropped).
   std::vector<int64_t> sizes;
@@ -265,12 +262,13 @@ void max_block(const T* x, T* y, int64_t* idx, int64_t outer, int64_t red, int64
 // Max along x viewed as (outer, red, inner); values and indices of shape out_shape.
 Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, const Shape& out_shape,
                 const std::string& what) {
+  const char* name = op_name(Op::max);
   if (red == 0)
-    throw ValueError("max: cannot take the max " + what + " of a tensor of shape " + shape_str(x.shape()) +
-                     " (no elements to reduce)");
-  Tensor y = empty(out_shape, x.dtype());
-  Tensor idx = empty(out_shape, DType::i64);
-  dispatch_float(x.dtype(), "max", [&](auto tag) {
+    throw ValueError(std::string(name) + ": cannot take the max " + what + " of a tensor of shape " +
+                     shape_str(x.shape()) + " (no elements to reduce)");
+  Tensor y = zeros(out_shape, x.dtype());
+  Tensor idx = zeros(out_shape, DType::i64);
+  dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     max_block<T>(x.data<T>(), y.data<T>(), idx.data<int64_t>(), outer, red, inner);
   });
@@ -278,9 +276,9 @@ Tensor max_impl(const Tensor& x, int64_t outer, int64_t red, int64_t inner, cons
                 [xshape = x.shape(), sidx = SavedTensor(idx, Op::max), outer, red, inner](
                     const Tensor& g, const NeedsGrad&) -> Grads {
                   // the gradient goes to the first maximum of each slice; zeros elsewhere
-                  Tensor gx = empty(xshape, g.dtype());
+                  Tensor gx = zeros(xshape, g.dtype());
                   const int64_t* pi = sidx.get().data<int64_t>();  // (outer, inner)
-                  dispatch_float(g.dtype(), "max", [&](auto tag) {
+                  dispatch_float(g.dtype(), op_name(Op::max), [&](auto tag) {
                     using T = decltype(tag);
                     const T* pg = g.data<T>();  // (outer, inner)
                     T* px = gx.data<T>();       // (outer, red, inner)
@@ -303,9 +301,10 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 }
 
 Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
-  check_floating(x, "max");
+  const char* name = op_name(Op::max);
+  check_floating(x, name);
   const Shape& s = x.shape();
-  const int64_t d = wrap_dim(x.dim() == 0 && dim == -1 ? 0 : dim, x.dim(), "max");
+  const int64_t d = wrap_dim(x.dim() == 0 && dim == -1 ? 0 : dim, x.dim(), name);
   if (x.dim() == 0) return max_impl(x, 1, 1, 1, {}, "over dim " + std::to_string(dim));
   Shape out_shape = s;
   if (keepdim) out_shape[d] = 1;
@@ -315,7 +314,7 @@ Tensor max(const Tensor& x, int64_t dim, bool keepdim) {
 }
 
 Tensor max(const Tensor& x) {
-  check_floating(x, "max");
+  check_floating(x, op_name(Op::max));
   return max_impl(x, 1, x.numel(), 1, {}, "over all elements");
 }
 

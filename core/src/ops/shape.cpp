@@ -10,9 +10,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace {
+
+using detail::prod;
 
 // Call f(U{}) with an unsigned integer U of the dtype's element size.
 template <class F>
@@ -84,7 +87,7 @@ void permute_copy(const U* x, const Shape& xs, const std::vector<int64_t>& order
 Tensor permute_any(Op op, const Tensor& x, const std::vector<int64_t>& order) {
   Shape out_shape(order.size());
   for (size_t k = 0; k < order.size(); ++k) out_shape[k] = x.shape()[order[k]];
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = zeros(out_shape, x.dtype());
   dispatch_bytes(x.dtype(), [&](auto tag) {
     using U = decltype(tag);
     permute_copy<U>(static_cast<const U*>(x.raw_data()), x.shape(), order, static_cast<U*>(y.raw_data()));
@@ -107,38 +110,34 @@ void copy_slab(char* dst, int64_t dst_n, int64_t dst_start, const char* src, int
   });
 }
 
-int64_t prod(const Shape& s, size_t begin, size_t end) {
-  int64_t n = 1;
-  for (size_t i = begin; i < end; ++i) n *= s[i];
-  return n;
-}
-
 }  // namespace
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
-  check_defined(x, "reshape");
+  const char* name = op_name(Op::reshape);
+  check_defined(x, name);
   Shape out = shape;
   int64_t infer = -1, known = 1;
   for (size_t i = 0; i < out.size(); ++i) {
     if (out[i] == -1) {
       if (infer >= 0)
-        throw ShapeError("reshape: only one dim can be -1, got " + shape_str(shape));
+        throw ShapeError(std::string(name) + ": only one dim can be -1, got " + shape_str(shape));
       infer = static_cast<int64_t>(i);
     } else if (out[i] < 0) {
-      throw ShapeError("reshape: invalid dim " + std::to_string(out[i]) + " in " + shape_str(shape));
+      throw ShapeError(std::string(name) + ": invalid dim " + std::to_string(out[i]) + " in " + shape_str(shape));
     } else {
       known *= out[i];
     }
   }
   if (infer >= 0) {
     if (known == 0 || x.numel() % known != 0)
-      throw ShapeError("reshape: cannot reshape " + shape_str(x.shape()) + " (" + std::to_string(x.numel()) +
-                       " elements) to " + shape_str(shape));
+      throw ShapeError(std::string(name) + ": cannot reshape " + shape_str(x.shape()) + " (" +
+                       std::to_string(x.numel()) + " elements) to " + shape_str(shape));
     out[infer] = x.numel() / known;
   }
   if (shape_numel(out) != x.numel())
-    throw ShapeError("reshape: cannot reshape " + shape_str(x.shape()) + " (" + std::to_string(x.numel()) +
-                     " elements) to " + shape_str(shape) + " (" + std::to_string(shape_numel(out)) + " elements)");
+    throw ShapeError(std::string(name) + ": cannot reshape " + shape_str(x.shape()) + " (" +
+                     std::to_string(x.numel()) + " elements) to " + shape_str(shape) + " (" +
+                     std::to_string(shape_numel(out)) + " elements)");
   // Same storage, new shape: writes through one are seen by the other.
   Tensor y(std::make_shared<TensorImpl>(x.impl()->storage, out, x.dtype()));
   return record(Op::reshape, y, {x}, [xshape = x.shape()](const Tensor& g, const NeedsGrad&) -> Grads {
@@ -147,8 +146,9 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 }
 
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
-  check_defined(x, "transpose");
-  const int64_t a = wrap_dim(d0, x.dim(), "transpose"), b = wrap_dim(d1, x.dim(), "transpose");
+  const char* name = op_name(Op::transpose);
+  check_defined(x, name);
+  const int64_t a = wrap_dim(d0, x.dim(), name), b = wrap_dim(d1, x.dim(), name);
   std::vector<int64_t> order(static_cast<size_t>(x.dim()));
   for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<int64_t>(k);
   if (x.dim() > 0) std::swap(order[a], order[b]);
@@ -156,43 +156,46 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
 }
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& order) {
-  check_defined(x, "permute");
+  const char* name = op_name(Op::permute);
+  check_defined(x, name);
   const int64_t nd = x.dim();
   if (static_cast<int64_t>(order.size()) != nd)
-    throw ShapeError("permute: order " + shape_str(order) + " has " + std::to_string(order.size()) +
+    throw ShapeError(std::string(name) + ": order " + shape_str(order) + " has " + std::to_string(order.size()) +
                      " dims, tensor of shape " + shape_str(x.shape()) + " has " + std::to_string(nd));
   std::vector<int64_t> wrapped(order.size());
   std::vector<bool> seen(order.size(), false);
   for (size_t k = 0; k < order.size(); ++k) {
-    wrapped[k] = wrap_dim(order[k], nd, "permute");
+    wrapped[k] = wrap_dim(order[k], nd, name);
     if (seen[wrapped[k]])
-      throw ValueError("permute: dim " + std::to_string(order[k]) + " repeated in order " + shape_str(order));
+      throw ValueError(std::string(name) + ": dim " + std::to_string(order[k]) + " repeated in order " +
+                       shape_str(order));
     seen[wrapped[k]] = true;
   }
   return permute_any(Op::permute, x, wrapped);
 }
 
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
-  check_defined(x, "narrow");
-  if (x.dim() == 0) throw ShapeError("narrow: cannot narrow a 0-d tensor");
-  const int64_t d = wrap_dim(dim, x.dim(), "narrow");
+  const char* name = op_name(Op::narrow);
+  check_defined(x, name);
+  if (x.dim() == 0) throw ShapeError(std::string(name) + ": cannot narrow a 0-d tensor");
+  const int64_t d = wrap_dim(dim, x.dim(), name);
   const Shape& s = x.shape();
   const int64_t n = s[d];
   const int64_t st = start < 0 ? start + n : start;
   if (st < 0 || st > n || length < 0 || st + length > n)
-    throw IndexError("narrow: start " + std::to_string(start) + " length " + std::to_string(length) +
+    throw IndexError(std::string(name) + ": start " + std::to_string(start) + " length " + std::to_string(length) +
                      " out of range for dim " + std::to_string(dim) + " of size " + std::to_string(n) +
                      " (shape " + shape_str(s) + ")");
   Shape out_shape = s;
   out_shape[d] = length;
-  Tensor y = empty(out_shape, x.dtype());
+  Tensor y = uninitialized(out_shape, x.dtype());
   const int64_t outer = prod(s, 0, d), inner_bytes = prod(s, d + 1, s.size()) * dtype_size(x.dtype());
   copy_slab(static_cast<char*>(y.raw_data()), length, 0, static_cast<const char*>(x.raw_data()), n, st,
             length, outer, inner_bytes);
   return record(Op::narrow, y, {x}, [xshape = s, d, st, length, outer, inner_bytes](
                                         const Tensor& g, const NeedsGrad&) -> Grads {
     // the slice's gradient lands in its place; zeros elsewhere
-    Tensor gx = empty(xshape, g.dtype());
+    Tensor gx = zeros(xshape, g.dtype());
     copy_slab(static_cast<char*>(gx.raw_data()), xshape[d], st, static_cast<const char*>(g.raw_data()), length,
               0, length, outer, inner_bytes);
     return {gx};
@@ -200,28 +203,29 @@ Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length) {
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
-  if (xs.empty()) throw ValueError("concat: got an empty list of tensors");
-  for (const Tensor& t : xs) check_defined(t, "concat");
+  const char* name = op_name(Op::concat);
+  if (xs.empty()) throw ValueError(std::string(name) + ": got an empty list of tensors");
+  for (const Tensor& t : xs) check_defined(t, name);
   const Tensor& first = xs[0];
-  if (first.dim() == 0) throw ShapeError("concat: cannot concatenate 0-d tensors");
-  const int64_t d = wrap_dim(dim, first.dim(), "concat");
+  if (first.dim() == 0) throw ShapeError(std::string(name) + ": cannot concatenate 0-d tensors");
+  const int64_t d = wrap_dim(dim, first.dim(), name);
   Shape out_shape = first.shape();
   out_shape[d] = 0;
   std::vector<int64_t> sizes;
   for (size_t i = 0; i < xs.size(); ++i) {
     const Tensor& t = xs[i];
     if (t.dtype() != first.dtype())
-      throw DTypeError("concat: tensor " + std::to_string(i) + " is " + dtype_name(t.dtype()) + ", tensor 0 is " +
-                       dtype_name(first.dtype()));
+      throw DTypeError(std::string(name) + ": tensor " + std::to_string(i) + " is " + dtype_name(t.dtype()) +
+                       ", tensor 0 is " + dtype_name(first.dtype()));
     bool fits = t.dim() == first.dim();
     for (int64_t k = 0; fits && k < first.dim(); ++k) fits = k == d || t.shape()[k] == first.shape()[k];
     if (!fits)
-      throw ShapeError("concat: tensor " + std::to_string(i) + " has shape " + shape_str(t.shape()) +
+      throw ShapeError(std::string(name) + ": tensor " + std::to_string(i) + " has shape " + shape_str(t.shape()) +
                        ", expected " + shape_str(first.shape()) + " except in dim " + std::to_string(dim));
     sizes.push_back(t.shape()[d]);
     out_shape[d] += t.shape()[d];
   }
-  Tensor y = empty(out_shape, first.dtype());
+  Tensor y = uninitialized(out_shape, first.dtype());
   const int64_t outer = prod(out_shape, 0, d);
   const int64_t inner_bytes = prod(out_shape, d + 1, out_shape.size()) * dtype_size(first.dtype());
   int64_t offset = 0;

@@ -15,12 +15,12 @@
 
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "op_util.hpp"
 
 namespace loragrad {
 namespace detail {
 
-// sum_j exp(x[j] - shift), writing the terms to y when y is not null.
-// Shared with attention.cpp (declared there).
+// exp_shift_sum (op_util.hpp) for both float types.
 template <class T>
 static T exp_shift_sum_impl(const T* x, T* y, int64_t n, T shift) {
   using batch = xsimd::batch<T>;
@@ -65,6 +65,7 @@ static T row_max(const T* x, int64_t n) {
 namespace {
 
 using detail::exp_shift_sum;
+using detail::position_str;
 using detail::row_max;
 
 // x viewed as (outer, D, inner) around the softmax dim.
@@ -162,7 +163,7 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   check_floating(x, name);
   const int64_t d = wrap_dim(dim, x.dim(), name);
   const RowGeometry geo = geometry(x.shape(), d);
-  Tensor y = empty(x.shape(), x.dtype());
+  Tensor y = zeros(x.shape(), x.dtype());
   dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     over_rows<T>(geo, {x.data<T>()}, y.data<T>(), [&](const std::vector<const T*>& in, T* out) {
@@ -173,10 +174,10 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
       });
     });
   });
-  return record(op, y, {x}, [sy = SavedTensor(y, op), geo, log](const Tensor& g, const NeedsGrad&) -> Grads {
+  return record(op, y, {x}, [sy = SavedTensor(y, op), op, geo, log](const Tensor& g, const NeedsGrad&) -> Grads {
     const Tensor& yv = sy.get();
-    Tensor dx = empty(yv.shape(), yv.dtype());
-    dispatch_float(yv.dtype(), log ? "log_softmax backward" : "softmax backward", [&](auto tag) {
+    Tensor dx = zeros(yv.shape(), yv.dtype());
+    dispatch_float(yv.dtype(), op_backward_name(op), [&](auto tag) {
       using T = decltype(tag);
       over_rows<T>(geo, {g.data<T>(), yv.data<T>()}, dx.data<T>(),
                    [&](const std::vector<const T*>& in, T* out) {
@@ -192,18 +193,10 @@ Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
   });
 }
 
-std::string position_str(int64_t flat, const Shape& shape) {
-  std::vector<int64_t> idx(shape.size());
-  for (int64_t k = static_cast<int64_t>(shape.size()) - 1; k >= 0; --k) {
-    idx[k] = flat % shape[k];
-    flat /= shape[k];
-  }
-  return shape_str(idx);
-}
-
 // Class ids from targets (i64, or float holding integers), validated.
 std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_index,
                                const Shape& logits_shape) {
+  const std::string name = op_name(Op::cross_entropy);
   const int64_t N = targets.numel();
   std::vector<int64_t> ids(static_cast<size_t>(N));
   if (targets.dtype() == DType::i64) {
@@ -213,7 +206,7 @@ std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_
     for (int64_t i = 0; i < N; ++i) {
       const double t = vals[i];
       if (!std::isfinite(t) || t != std::floor(t) || std::fabs(t) > 9e15)
-        throw ValueError("cross_entropy: target at position " + position_str(i, targets.shape()) +
+        throw ValueError(name + ": target at position " + position_str(i, targets.shape()) +
                          " is " + std::to_string(t) + ", expected an integer class id (targets " +
                          dtype_name(targets.dtype()) + shape_str(targets.shape()) + ")");
       ids[i] = static_cast<int64_t>(t);
@@ -221,7 +214,7 @@ std::vector<int64_t> class_ids(const Tensor& targets, int64_t C, int64_t ignore_
   }
   for (int64_t i = 0; i < N; ++i)
     if (ids[i] != ignore_index && (ids[i] < 0 || ids[i] >= C))
-      throw IndexError("cross_entropy: target " + std::to_string(ids[i]) + " at position " +
+      throw IndexError(name + ": target " + std::to_string(ids[i]) + " at position " +
                        position_str(i, targets.shape()) + " is out of range for " + std::to_string(C) +
                        " classes (logits " + shape_str(logits_shape) + ", ignore_index " +
                        std::to_string(ignore_index) + ")");
@@ -236,14 +229,16 @@ Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, t
 // Fused log_softmax + nll: forward keeps only logsumexp per row (N,); backward
 // recomputes softmax - onehot row by row, scaled by g / count.
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
-  check_floating(logits, "cross_entropy");
-  check_defined(targets, "cross_entropy");
+  const char* name = op_name(Op::cross_entropy);
+  check_floating(logits, name);
+  check_defined(targets, name);
   if (logits.dim() < 1)
-    throw ShapeError("cross_entropy: logits must have a class dim, got shape " + shape_str(logits.shape()));
+    throw ShapeError(std::string(name) + ": logits must have a class dim, got shape " + shape_str(logits.shape()));
   const Shape lead(logits.shape().begin(), logits.shape().end() - 1);
   if (targets.shape() != lead)
-    throw ShapeError("cross_entropy: targets " + shape_str(targets.shape()) + " must have logits' leading shape " +
-                     shape_str(lead) + " (logits " + shape_str(logits.shape()) + ")");
+    throw ShapeError(std::string(name) + ": targets " + shape_str(targets.shape()) +
+                     " must have logits' leading shape " + shape_str(lead) + " (logits " + shape_str(logits.shape()) +
+                     ")");
   const int64_t C = logits.size(-1);
   const int64_t N = targets.numel();
   std::vector<int64_t> ids_vec = class_ids(targets, C, ignore_index, logits.shape());
@@ -251,9 +246,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   for (int64_t t : ids_vec) count += t != ignore_index;
   Tensor ids = from_indices(ids_vec, {N});  // (N,)
 
-  Tensor lse = empty({N}, logits.dtype());  // (N,) logsumexp per row
-  Tensor loss = empty({}, logits.dtype());
-  dispatch_float(logits.dtype(), "cross_entropy", [&](auto tag) {
+  Tensor lse = zeros({N}, logits.dtype());  // (N,) logsumexp per row
+  Tensor loss = zeros({}, logits.dtype());
+  dispatch_float(logits.dtype(), name, [&](auto tag) {
     using T = decltype(tag);
     const T* x = logits.data<T>();  // (N, C)
     T* plse = lse.data<T>();        // (N,)
@@ -276,9 +271,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                     const Tensor& g, const NeedsGrad& needs) -> Grads {
                   if (!needs[0]) return {Tensor(), Tensor()};
                   const Tensor& xv = sx.get();
-                  Tensor dx = empty(xv.shape(), xv.dtype());  // ignored rows stay 0
+                  Tensor dx = zeros(xv.shape(), xv.dtype());  // ignored rows stay 0
                   if (count == 0) return {dx, Tensor()};
-                  dispatch_float(xv.dtype(), "cross_entropy backward", [&](auto tag) {
+                  dispatch_float(xv.dtype(), op_backward_name(Op::cross_entropy), [&](auto tag) {
                     using T = decltype(tag);
                     const int64_t C = xv.size(-1);
                     const int64_t N = xv.numel() / std::max<int64_t>(C, 1);

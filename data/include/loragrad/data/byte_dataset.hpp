@@ -9,7 +9,7 @@
 #include "loragrad/generator.hpp"
 #include "loragrad/tensor.hpp"
 
-namespace loragrad {
+namespace loragrad::data {
 
 enum class Split { train, validation };
 const char* split_name(Split s);  // "train", "validation"
@@ -56,4 +56,4 @@ double unigram_cross_entropy(std::string_view train, std::string_view eval);
 // A stronger baseline, and a cheap check of how two texts differ.
 double bigram_cross_entropy(std::string_view train, std::string_view eval);
 
-}  // namespace loragrad
+}  // namespace loragrad::data

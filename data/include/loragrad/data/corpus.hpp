@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <string>
 
-namespace loragrad {
+namespace loragrad::data {
 
 enum class Domain { stories, recipes, code };
 
@@ -27,4 +27,4 @@ Domain parse_domain(const std::string& name);   // ValueError listing the names
 // recipe, a function) separated by blank lines; the last one is cut at n_bytes.
 std::string builtin_corpus(Domain domain, size_t n_bytes, uint64_t seed);
 
-}  // namespace loragrad
+}  // namespace loragrad::data

@@ -14,7 +14,7 @@
 //
 // Empty groups are left out; frozen parameters are never included.
 //
-//   auto opt = AdamW(loraplus_param_groups(*model, 2e-4));   // B at 3.2e-3
+//   auto opt = optim::AdamW(loraplus_param_groups(*model, 2e-4));   // B at 3.2e-3
 #include <vector>
 
 #include "loragrad/nn/module.hpp"
@@ -25,7 +25,7 @@ namespace loragrad::lora {
 // ratio: lr_B / lr_A (the paper suggests 16 as a start; the seed says 4-16).
 // lr_embedding: PEFT's loraplus_lr_embedding default. ValueError unless
 // lr > 0, ratio > 0, weight_decay >= 0, and some parameter is trainable.
-std::vector<ParamGroup> loraplus_param_groups(const nn::Module& model, double lr, double ratio = 16.0,
-                                              double weight_decay = 0.0, double lr_embedding = 1e-6);
+std::vector<optim::ParamGroup> loraplus_param_groups(const nn::Module& model, double lr, double ratio = 16.0,
+                                                     double weight_decay = 0.0, double lr_embedding = 1e-6);
 
 }  // namespace loragrad::lora

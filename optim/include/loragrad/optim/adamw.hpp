@@ -12,7 +12,7 @@
 // rounds its Python floats), float64 in float64.
 #include "loragrad/optim/optimizer.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 class AdamW : public Optimizer {
  public:
@@ -27,4 +27,4 @@ class AdamW : public Optimizer {
   void update(const ParamGroup& g, Tensor& param, const Tensor& grad, ParamState& s) override;
 };
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -4,7 +4,7 @@
 
 #include "loragrad/tensor.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 // total = sqrt(sum over every defined grad of sum(g^2)), accumulated in double.
 // When max_norm / (total + 1e-6) < 1 every grad is scaled in place by that
@@ -18,4 +18,4 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 // The same total norm without clipping.
 double grad_norm(const std::vector<Tensor>& params);
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -23,7 +23,7 @@
 
 #include "loragrad/optim/optimizer.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 class LRSchedule {
  public:
@@ -51,4 +51,4 @@ class LRSchedule {
   double min_ratio_, cycles_;
 };
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -20,7 +20,7 @@
 #include "loragrad/safetensors.hpp"
 #include "loragrad/tensor.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 // One set of parameters sharing hyper-parameters. Fields a given optimizer
 // does not use are ignored (AdamW: momentum, nesterov; SGD: beta1, beta2, eps).
@@ -108,4 +108,4 @@ class Optimizer {
   std::vector<std::vector<ParamState>> state_;  // [group][param]
 };
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

@@ -9,7 +9,7 @@
 // The momentum buffer ("momentum_buffer") exists only when momentum != 0.
 #include "loragrad/optim/optimizer.hpp"
 
-namespace loragrad {
+namespace loragrad::optim {
 
 class SGD : public Optimizer {
  public:
@@ -23,4 +23,4 @@ class SGD : public Optimizer {
   void update(const ParamGroup& g, Tensor& param, const Tensor& grad, ParamState& s) override;
 };
 
-}  // namespace loragrad
+}  // namespace loragrad::optim

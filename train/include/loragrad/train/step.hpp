@@ -4,7 +4,7 @@
 //
 //   for (int64_t t = 0; t < steps; ++t) {
 //     schedule.apply(opt, t);
-//     StepResult r = train_step(model, opt, {data.sample(Split::train, B, T, gen)}, 1.0);
+//     StepResult r = train_step(model, opt, {data.sample(data::Split::train, B, T, gen)}, 1.0);
 //     stop_unless_finite(r, t + 1);
 //   }
 //   double val_loss = evaluate(model, val);
@@ -20,11 +20,11 @@ namespace loragrad::train {
 
 // n_batches batches drawn once from a generator seeded with `seed`: the same
 // validation set at every evaluation.
-std::vector<Batch> fixed_batches(const ByteDataset& data, Split split, int64_t n_batches, int64_t batch, int64_t seq,
-                                 uint64_t seed);
+std::vector<data::Batch> fixed_batches(const data::ByteDataset& data, data::Split split, int64_t n_batches,
+                                       int64_t batch, int64_t seq, uint64_t seed);
 
 // Mean loss over the batches, in eval mode (restored afterwards), without a graph.
-double evaluate(nn::TinyGPT& model, const std::vector<Batch>& batches);
+double evaluate(nn::TinyGPT& model, const std::vector<data::Batch>& batches);
 
 struct StepResult {
   double loss = 0.0;       // mean training loss of the step's micro-batches, before the update
@@ -40,7 +40,7 @@ struct StepResult {
 // update (the gradients are zeroed) and returns applied == false. Only the
 // optimizer's parameters are clipped: with an adapter, the frozen base has no
 // gradients to clip.
-StepResult train_step(nn::TinyGPT& model, Optimizer& optimizer, const std::vector<Batch>& micro_batches,
+StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
                       double max_grad_norm);
 
 // Training runs stop at the first skipped step rather than write a model that

@@ -56,13 +56,13 @@ struct TrainConfig {
   std::string label;           // shown in the progress line (e.g. the method)
 
   void validate() const;       // ValueError naming the field
-  LRSchedule lr_schedule() const;
+  optim::LRSchedule lr_schedule() const;
 };
 
 // Where the training and validation bytes come from (a ByteDataset and which of its splits).
 struct TextSource {
-  const ByteDataset* data = nullptr;
-  Split split = Split::train;
+  const data::ByteDataset* data = nullptr;
+  data::Split split = data::Split::train;
   int64_t size() const { return data ? data->size(split) : 0; }
 };
 
@@ -112,7 +112,7 @@ class Trainer {
   // hyper-parameters, method, r, batch, ...): resume() refuses a checkpoint
   // whose identity differs, naming each key. The data sources must outlive
   // the Trainer; val may be empty (no validation).
-  Trainer(nn::TinyGPT& model, Optimizer& optimizer, TextSource train, TextSource val, TrainConfig config,
+  Trainer(nn::TinyGPT& model, optim::Optimizer& optimizer, TextSource train, TextSource val, TrainConfig config,
           Output output, nlohmann::json identity);
 
   // Continues from out_dir/checkpoint-STEP: model part, optimizer, generators,
@@ -134,19 +134,19 @@ class Trainer {
  private:
   void save_checkpoint();
   void write_metrics() const;
-  std::vector<Batch> next_micro_batches();
+  std::vector<data::Batch> next_micro_batches();
   double validate_now();
   std::vector<std::pair<std::string, Generator*>> generators();
 
   nn::TinyGPT& model_;
-  Optimizer& opt_;
+  optim::Optimizer& opt_;
   TextSource train_, val_;
   TrainConfig cfg_;
   Output output_;
   nlohmann::json identity_;
-  LRSchedule schedule_;
+  optim::LRSchedule schedule_;
   Generator batch_gen_;
-  std::vector<Batch> val_batches_;
+  std::vector<data::Batch> val_batches_;
 
   int64_t step_ = 0;
   double best_val_ = NAN;
