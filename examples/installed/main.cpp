@@ -16,7 +16,7 @@ int main() {
   std::vector<Tensor> trainable;                                  // A (4, 16), B (8, 4)
   for (const Tensor& p : layer->parameters())
     if (p.requires_grad()) trainable.push_back(p);
-  AdamW opt(trainable, /*lr=*/1e-2);
+  optim::AdamW opt(trainable, /*lr=*/1e-2);
   for (int step = 1; step <= 20; ++step) {
     Tensor loss = mean(pow(layer->forward(x) - target, 2));
     opt.zero_grad();
