@@ -27,9 +27,9 @@
 
 #include "loragrad/app/args.hpp"
 #include "loragrad/autograd.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/lora_linear.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
@@ -95,7 +95,7 @@ void bench_layer(int64_t d, bool nf4, int64_t tokens, int reps) {
   Generator gen(1);
   auto lin = std::make_shared<nn::Linear>(d, d, true, gen, DType::f32);
   nn::ModulePtr base = lin;
-  if (nf4) base = std::make_shared<lora::NF4Linear>(*lin, 64, true);
+  if (nf4) base = lora::quantize_base("nf4", *lin, {64, true});
   lin.reset();
   lora::LoraOptions o;
   o.r = 8;

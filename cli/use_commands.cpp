@@ -15,8 +15,8 @@
 #include "loragrad/error.hpp"
 #include "loragrad/lora/combine.hpp"
 #include "loragrad/lora/inject.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/peft_io.hpp"
+#include "loragrad/nn/linear_base.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/safetensors.hpp"
 
@@ -132,9 +132,10 @@ std::vector<ParamInfo> parameter_table(const nn::Module& model) {
   std::vector<ParamInfo> rows;
   for (const auto& [path, m] : model.named_modules()) {
     const std::string prefix = path.empty() ? "" : path + ".";
-    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(m)) {
-      const lora::NF4Tensor& w = q->qweight();
-      rows.push_back({prefix + "weight", w.shape, "nf4", w.numel(), w.bytes(), false, false});
+    if (auto q = std::dynamic_pointer_cast<nn::LinearBase>(m); q && q->quantized()) {
+      const int64_t numel = q->out_features * q->in_features;
+      rows.push_back({prefix + "weight", {q->out_features, q->in_features}, q->storage(), numel, q->weight_bytes(),
+                      false, false});
     }
     for (const auto& [own, t] : m->named_parameters()) {  // the module's own ones: names without a '.'
       if (own.find('.') != std::string::npos) continue;
@@ -410,8 +411,8 @@ int run_merge(int argc, char** argv) {
   // NF4 layers (requantised ones, and a QLoRA base's layers without an
   // adapter) go to the checkpoint as their exact float32 dequantisation.
   for (const auto& [path, m] : model->named_modules())
-    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(m))
-      model->replace_module(path, std::make_shared<nn::Linear>(q->dequantize(), q->bias));
+    if (auto q = std::dynamic_pointer_cast<nn::LinearBase>(m); q && q->quantized())
+      model->replace_module(path, std::make_shared<nn::Linear>(q->dense_weight(), q->bias));
   model->eval();
   const std::vector<double> after = logits_of(*model, probe);
   double diff = 0, scale = 0;

@@ -46,8 +46,7 @@ function(loragrad_folder_library folder)
     PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
   target_link_libraries(${target} PUBLIC ${ARG_DEPENDS} PRIVATE $<BUILD_INTERFACE:loragrad_build_flags>)
   if(LORAGRAD_INSTALL)
-    install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
-            PATTERN gemm_pack.hpp EXCLUDE)  # the GEMM's internal panel layout
+    install(DIRECTORY include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
     install(TARGETS ${target} EXPORT loragradTargets)
   endif()
   set(LORAGRAD_FOLDER_TARGETS ${LORAGRAD_FOLDER_TARGETS} ${target} CACHE INTERNAL "")

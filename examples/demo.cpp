@@ -63,7 +63,6 @@
 #include "loragrad/lora/combine.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/loraplus.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/lora/peft_io.hpp"
 #include "loragrad/train/progress.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"

@@ -13,9 +13,9 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/gradcheck.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/lora_linear.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/nn/transformer.hpp"
 #include "loragrad/ops.hpp"
@@ -149,7 +149,7 @@ void tour_dora_nf4() {
           "  m is moved off n (m *= 0.9) so that m / n != 1.");
   Generator gen(3);
   nn::Linear dense(32, 6, true, gen, DType::f32);
-  auto qbase = std::make_shared<lora::NF4Linear>(dense, /*blocksize=*/64, /*double_quant=*/true);
+  auto qbase = lora::quantize_base("nf4", dense, {/*blocksize=*/64, /*double_quant=*/true});
   lora::LoraOptions o;
   o.r = 4;
   o.alpha = 8;

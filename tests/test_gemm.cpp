@@ -1,25 +1,30 @@
-// loragrad::kernels::gemm (float and double) and gemm_packed_b against a naive
-// double-precision reference: all transposition combinations, ragged shapes,
-// shapes spanning several cache blocks, alpha/beta, strided sub-matrices.
+// loragrad::kernels::gemm (float and double), gemm_decoded_b and the private
+// gemm_packed_b against a naive double-precision reference: all transposition
+// combinations, ragged shapes, shapes spanning several cache blocks,
+// alpha/beta, strided sub-matrices.
 #define BOOST_TEST_MODULE gemm
 #include <boost/test/unit_test.hpp>
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <random>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/gemm.hpp"
-#include "loragrad/kernels/gemm_pack.hpp"
+// White-box: the packing contract is private to the kernels.
+#include "../core/src/kernels/gemm_pack.hpp"
 
 using loragrad::kernels::BPanelSource;
 using loragrad::kernels::gemm;
+using loragrad::kernels::gemm_decoded_b;
 using loragrad::kernels::gemm_packed_b;
 using loragrad::kernels::kGemmKC;
 using loragrad::kernels::kGemmNR;
@@ -98,10 +103,12 @@ std::string describe(bool ta, bool tb, Shape s, double alpha, double beta, int64
 }
 
 // Run gemm on one case and compare the whole C buffer: the padding columns of
-// C (beyond N) must be left untouched.
+// C (beyond N) must be left untouched. decoded: through gemm_decoded_b, B read
+// by a callback that checks every piece it is asked for is inside B and
+// cache-sized (at most one register tile by one depth block).
 template <class T>
 void check_one(bool ta, bool tb, Shape s, double alpha, double beta, int64_t pad,
-               std::mt19937& rng) {
+               std::mt19937& rng, bool decoded = false) {
   Case<T> c = make_case<T>(ta, tb, s, pad, rng);
   if (beta == 0.0) {
     // beta == 0 must overwrite without reading: NaN in C would otherwise leak.
@@ -110,8 +117,28 @@ void check_one(bool ta, bool tb, Shape s, double alpha, double beta, int64_t pad
   }
   const std::vector<double> want = reference(c, alpha, beta);
   std::vector<T> C = c.C;
-  gemm(ta, tb, s.M, s.N, s.K, T(alpha), c.A.data(), c.lda, c.B.data(), c.ldb, T(beta), C.data(),
-       c.ldc);
+  if constexpr (std::is_same_v<T, float>) {
+    if (decoded) {
+      const int64_t b_rows = tb ? s.N : s.K, b_cols = tb ? s.K : s.N;
+      bool contract_ok = true;  // only ever written false: benign across threads
+      const loragrad::kernels::DecodeRows decode = [&](int64_t row0, int64_t nrows, int64_t col0,
+                                                       int64_t ncols, float* out, int64_t ld) {
+        const int64_t n_max = tb ? nrows : ncols, k_max = tb ? ncols : nrows;
+        if (row0 < 0 || nrows < 1 || row0 + nrows > b_rows || col0 < 0 || ncols < 1 ||
+            col0 + ncols > b_cols || ld < ncols || n_max > kGemmNR || k_max > kGemmKC)
+          contract_ok = false;
+        for (int64_t r = 0; r < nrows; ++r)
+          for (int64_t j = 0; j < ncols; ++j) out[r * ld + j] = c.B[(row0 + r) * c.ldb + col0 + j];
+      };
+      gemm_decoded_b(ta, tb, s.M, s.N, s.K, T(alpha), c.A.data(), c.lda, decode, T(beta), C.data(),
+                     c.ldc);
+      BOOST_TEST_INFO(describe(ta, tb, s, alpha, beta, pad) << " decoded");
+      BOOST_TEST(contract_ok);
+    }
+  }
+  if (!decoded)
+    gemm(ta, tb, s.M, s.N, s.K, T(alpha), c.A.data(), c.lda, c.B.data(), c.ldb, T(beta), C.data(),
+         c.ldc);
 
   const double tol = tolerance<T>(s.K) * std::max(1.0, std::fabs(alpha));
   double worst = 0.0;
@@ -127,7 +154,8 @@ void check_one(bool ta, bool tb, Shape s, double alpha, double beta, int64_t pad
       if (!(err <= tol)) ++bad;  // also catches NaN
       if (!(err <= worst)) worst = err;
     }
-  BOOST_TEST_INFO(describe(ta, tb, s, alpha, beta, pad) << " worst=" << worst << " tol=" << tol);
+  BOOST_TEST_INFO(describe(ta, tb, s, alpha, beta, pad) << (decoded ? " decoded" : "")
+                                                       << " worst=" << worst << " tol=" << tol);
   BOOST_TEST(bad == 0);
 }
 
@@ -310,6 +338,36 @@ BOOST_AUTO_TEST_CASE(strided_source_writes_documented_layout) {
     BOOST_TEST_INFO("trans_b=" << tb);
     BOOST_TEST(bad == 0);
   }
+}
+
+// ---------------------------------------------------------------------------
+// gemm_decoded_b: B read through a decode callback (quantised weights)
+// ---------------------------------------------------------------------------
+BOOST_AUTO_TEST_CASE(decoded_b_all_transposes_shapes_alpha_beta) {
+  std::mt19937 rng(4321);
+  // Small and ragged, K > KC (several depth blocks), N > NC (several panels),
+  // few rows over many columns (threads split the columns).
+  for (Shape s : std::vector<Shape>{{1, 1, 1}, {7, 13, 5}, {13, 33, 17}, {31, 64, 257}, {37, 70, 600},
+                                    {300, 700, 600}, {8, 4200, 40}, {4, 2000, 300}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        check_one<float>(ta, tb, s, 1.0, 0.0, 3, rng, /*decoded=*/true);
+        check_one<float>(ta, tb, s, 0.75, -2.0, 0, rng, /*decoded=*/true);
+      }
+}
+
+BOOST_AUTO_TEST_CASE(decoded_b_bad_arguments_throw) {
+  std::vector<float> A(100), C(100);
+  const loragrad::kernels::DecodeRows zeros = [](int64_t, int64_t nrows, int64_t, int64_t ncols, float* out,
+                                                 int64_t ld) {
+    for (int64_t r = 0; r < nrows; ++r) std::fill(out + r * ld, out + r * ld + ncols, 0.0f);
+  };
+  BOOST_CHECK_THROW(gemm_decoded_b(false, true, 4, 4, 4, 1.0f, A.data(), 3, zeros, 0.0f, C.data(), 4),
+                    loragrad::ShapeError);  // lda < K
+  BOOST_CHECK_THROW(gemm_decoded_b(false, true, 4, 5, 4, 1.0f, A.data(), 4, zeros, 0.0f, C.data(), 4),
+                    loragrad::ShapeError);  // ldc < N
+  BOOST_CHECK_THROW(gemm_decoded_b(false, true, 4, 4, 4, 1.0f, A.data(), 4, {}, 0.0f, C.data(), 4),
+                    loragrad::ValueError);  // no callback
 }
 
 BOOST_AUTO_TEST_CASE(packed_b_shape_mismatch_throws) {

@@ -12,8 +12,8 @@
 #include <string>
 
 #include "loragrad/autograd.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/lora_linear.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/ops.hpp"
@@ -98,10 +98,10 @@ BOOST_AUTO_TEST_CASE(float32_matches_dense_formula) {
 BOOST_AUTO_TEST_CASE(nf4_matches_dense_formula_over_dequantised_weight) {
   Generator gen(5);
   nn::Linear lin(96, 40, true, gen, DType::f32);
-  auto q = std::make_shared<lora::NF4Linear>(lin, 64, true);
+  auto q = lora::quantize_base("nf4", lin, {64, true});
   LoraLinear lay(q, "default", dora_opts(4, 8));
   lay.lora_B_weight("default").mul_(0.2);
-  const Tensor W0 = q->dequantize();
+  const Tensor W0 = q->dense_weight();
   BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(W0, lay)) <= 1e-6);
   // float64 adapter over the same codes (nf4_linear's float64 path): float64 agreement.
   lay.to(DType::f64);
@@ -178,11 +178,11 @@ BOOST_AUTO_TEST_CASE(near_cancellation) {
 BOOST_AUTO_TEST_CASE(near_cancellation_nf4_float32) {
   Generator gen(29);
   nn::Linear lin(64, 4, false, gen, DType::f32);
-  auto q = std::make_shared<lora::NF4Linear>(lin, 64, false);
+  auto q = lora::quantize_base("nf4", lin, {64, false});
   LoraOptions o = dora_opts(1, 1);  // s = 1
   LoraLinear lay(q, "default", o);
   // B A = -W0 on row 0 up to float32 rounding: A = row 0 of W0, B = (-1, 0.5, 0, 0).
-  const Tensor W0 = q->dequantize();
+  const Tensor W0 = q->dense_weight();
   lay.lora_A_weight("default").copy_(reshape(narrow(W0, 0, 0, 1), {1, 64}));
   lay.lora_B_weight("default").copy_(from_values(std::vector<double>{-1.0, 0.5, 0.0, 0.0}, {4, 1}, DType::f32));
   const Tensor n = lay.dora_row_norm("default");
@@ -289,23 +289,23 @@ BOOST_AUTO_TEST_CASE(trainable_base_under_an_optimizer) {
   }
 }
 
-// NF4: merge requantises (a new NF4Tensor), and so does requantize_from.
+// NF4: merge requantises (a new NF4Tensor), and so does set_weight.
 BOOST_AUTO_TEST_CASE(nf4_requantisation_invalidates) {
   Generator gen(19);
   nn::Linear lin(64, 8, true, gen, DType::f32);
-  auto q = std::make_shared<lora::NF4Linear>(lin, 64, true);
+  auto q = lora::quantize_base("nf4", lin, {64, true});
   LoraLinear lay(q, "default", dora_opts(4, 8));
   lay.lora_B_weight("default").mul_(0.1);
   lay.dora_row_norm("default");
   const int64_t c0 = lay.base_row_sq_norm_computations();
   lay.merge();
-  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dequantize(), lay)) <= 1e-6);
+  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dense_weight(), lay)) <= 1e-6);
   BOOST_TEST(lay.base_row_sq_norm_computations() == c0 + 1);
   lay.unmerge();
-  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dequantize(), lay)) <= 1e-6);
+  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dense_weight(), lay)) <= 1e-6);
   BOOST_TEST(lay.base_row_sq_norm_computations() == c0 + 2);
-  q->requantize_from(mul(q->dequantize(), scalar(2.0)));
-  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dequantize(), lay)) <= 1e-6);
+  q->set_weight(mul(q->dense_weight(), scalar(2.0)));  // requantised
+  BOOST_TEST(max_rel(lay.dora_row_norm("default"), dense_norm(q->dense_weight(), lay)) <= 1e-6);
   BOOST_TEST(lay.base_row_sq_norm_computations() == c0 + 3);
 }
 
@@ -320,7 +320,7 @@ BOOST_AUTO_TEST_CASE(no_weight_sized_temporaries) {
         Generator gen(23);
         auto lin = std::make_shared<nn::Linear>(in, out, true, gen, DType::f32);
         nn::ModulePtr base = lin;
-        if (nf4) base = std::make_shared<lora::NF4Linear>(*lin, 64, true);
+        if (nf4) base = lora::quantize_base("nf4", *lin, {64, true});
         LoraOptions o = dora_opts(8, 16);
         o.dropout = p;
         LoraLinear lay(base, "default", o);

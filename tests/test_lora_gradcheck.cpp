@@ -25,8 +25,8 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/gradcheck.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/lora_linear.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/ops.hpp"
 
@@ -202,7 +202,7 @@ BOOST_AUTO_TEST_CASE(dora_full_layer_a_and_w0_are_not_true_gradients) {
 }
 
 // ---------------------------------------------------------------------------
-// LoRA / DoRA over an NF4 base (QLoRA). NF4Linear computes in float64 when given
+// LoRA / DoRA over an NF4 base (QLoRA). Linear4bit computes in float64 when given
 // float64 input (its weight decoded to float64), so after to(f64) the whole
 // layer can be gradchecked in float64 w.r.t. x, A, B (and m for DoRA, with the
 // same frozen-norm caveat as above: x and m only for DoRA).
@@ -211,7 +211,7 @@ BOOST_AUTO_TEST_CASE(dora_full_layer_a_and_w0_are_not_true_gradients) {
 namespace {
 
 struct QSetup {
-  std::shared_ptr<lora::NF4Linear> qbase;
+  std::shared_ptr<nn::LinearBase> qbase;  // storage "nf4"
   std::shared_ptr<LoraLinear> qlay;    // over the NF4 base
   std::shared_ptr<LoraLinear> dense;   // over an nn::Linear holding the dequantised weight
 };
@@ -220,7 +220,7 @@ QSetup make_qlora(bool dora, double p) {
   QSetup q;
   Generator gen(12);
   nn::Linear lin(32, 6, true, gen, DType::f32);
-  q.qbase = std::make_shared<lora::NF4Linear>(lin, /*blocksize=*/64, /*double_quant=*/true);
+  q.qbase = lora::quantize_base("nf4", lin, {/*blocksize=*/64, /*double_quant=*/true});
   LoraOptions o;
   o.r = 4;
   o.alpha = 8;
@@ -230,7 +230,7 @@ QSetup make_qlora(bool dora, double p) {
   o.seed = 6;
   q.qlay = std::make_shared<LoraLinear>(q.qbase, "default", o);
   q.dense = std::make_shared<LoraLinear>(
-      std::make_shared<nn::Linear>(q.qbase->dequantize(), q.qbase->bias.clone()), "default", o);
+      std::make_shared<nn::Linear>(q.qbase->dense_weight(), q.qbase->bias.clone()), "default", o);
   if (dora) {
     NoGradGuard no_grad;
     q.qlay->magnitude("default").mul_(0.9);

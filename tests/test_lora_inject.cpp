@@ -16,15 +16,22 @@
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/linalg.hpp"
 #include "loragrad/lora/loraplus.hpp"
-#include "loragrad/lora/nf4.hpp"
+#include "loragrad/nn/linear_base.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/optim/adamw.hpp"
+#include "loragrad/quant/nf4.hpp"
 
 using namespace loragrad;
 using namespace loragrad::lora;
 
 namespace {
+
+// The storage of a base layer ("f32", "nf4", ...); "" for any other module.
+std::string storage_of(const nn::ModulePtr& m) {
+  auto base = std::dynamic_pointer_cast<nn::LinearBase>(m);
+  return base ? base->storage() : "";
+}
 
 // A small tree with look-alike names: q_proj, xq_proj, attn.q_proj, attn.v_proj, norm.
 class ToyAttn : public nn::Module {
@@ -572,13 +579,13 @@ BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error)
   const int64_t dense_params = m->num_parameters();
   const LoraReport qrep = apply_lora(*m, c);
   for (const auto& [path, l] : lora_layers(*m)) {
-    BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(l->base_layer) != nullptr);
+    BOOST_CHECK_EQUAL(storage_of(l->base_layer), "nf4");
     BOOST_CHECK(l->lora_A_weight("default").requires_grad());
   }
   // Real QLoRA: the whole frozen base is 4-bit, not only the adapted layers;
   // lm_head and the embeddings stay float (bitsandbytes' load_in_4bit).
   for (const char* p : {"blocks.0.attn.k_proj", "blocks.1.attn.o_proj", "blocks.0.mlp.fc_in", "blocks.1.mlp.fc_out"})
-    BOOST_CHECK_MESSAGE(std::dynamic_pointer_cast<NF4Linear>(m->get_submodule(p)) != nullptr, p << " is not NF4");
+    BOOST_CHECK_MESSAGE(storage_of(m->get_submodule(p)) == "nf4", p << " is not NF4");
   BOOST_CHECK(std::dynamic_pointer_cast<nn::Linear>(m->get_submodule("lm_head")) != nullptr);
   for (const auto& [p, l] : quantizable_linears(*m)) BOOST_ERROR("still float: " << p);
   // PEFT counts an NF4 weight as its logical values: all = the dense model + the adapters.
@@ -592,11 +599,12 @@ BOOST_AUTO_TEST_CASE(qlora_bases_are_nf4_and_merge_reports_requantisation_error)
   const MergeReport rep = merge_and_unload(*m, /*requantize=*/true);
   BOOST_CHECK_EQUAL(rep.merged.size(), 4u);
   BOOST_CHECK(rep.dequantized.empty());
-  auto q = std::dynamic_pointer_cast<NF4Linear>(m->get_submodule("blocks.1.attn.v_proj"));
+  auto q = std::dynamic_pointer_cast<nn::LinearBase>(m->get_submodule("blocks.1.attn.v_proj"));
   BOOST_REQUIRE(q != nullptr);
+  BOOST_REQUIRE_EQUAL(q->storage(), "nf4");
   // merged = quant(dequant(W0) + s B A), with the base's blocksize and double quantisation
-  BOOST_CHECK(q->dequantize().to_vector() == quantize_nf4(exact, 64, true).dequantize().to_vector());
-  const double err = max_diff(q->dequantize().to_vector(), exact.to_vector());
+  BOOST_CHECK(q->dense_weight().to_vector() == quantize_nf4(exact, 64, true).dequantize().to_vector());
+  const double err = max_diff(q->dense_weight().to_vector(), exact.to_vector());
   BOOST_CHECK_GT(err, 0.0);  // NF4 cannot hold W0 + s B A exactly
   BOOST_CHECK_LE(err, rep.max_requantization_error);
   // NF4's widest gap is between codes 0.7230 and 1: at most half of it, times the block's absmax.
@@ -644,7 +652,7 @@ BOOST_AUTO_TEST_CASE(qlora_merge_defaults_to_float32_without_requantisation) {
       }
       if (bias.defined()) BOOST_CHECK(lin->bias.to_vector() == bias.to_vector());
       // Layers without an adapter keep their NF4 base.
-      BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(m->get_submodule("blocks.0.attn.k_proj")) != nullptr);
+      BOOST_CHECK_EQUAL(storage_of(m->get_submodule("blocks.0.attn.k_proj")), "nf4");
       const double float_diff = max_diff(logits(*m), unmerged);
       BOOST_CHECK_LE(float_diff, 1e-4 * max_abs(unmerged));
 
@@ -652,7 +660,7 @@ BOOST_AUTO_TEST_CASE(qlora_merge_defaults_to_float32_without_requantisation) {
       auto r = make();
       const MergeReport rq = merge_and_unload(*r, /*requantize=*/true);
       BOOST_CHECK_GT(rq.max_requantization_error, 0.0);
-      BOOST_CHECK(std::dynamic_pointer_cast<NF4Linear>(r->get_submodule("blocks.1.attn.v_proj")) != nullptr);
+      BOOST_CHECK_EQUAL(storage_of(r->get_submodule("blocks.1.attn.v_proj")), "nf4");
       BOOST_CHECK_GT(max_diff(logits(*r), unmerged), 10 * float_diff);
     }
   }

@@ -10,11 +10,12 @@
 #include <string>
 
 #include "loragrad/autograd.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/linalg.hpp"
 #include "loragrad/lora/lora_linear.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/quant/nf4.hpp"
 #include "loragrad/safetensors.hpp"
 
 using namespace loragrad;
@@ -744,7 +745,7 @@ BOOST_AUTO_TEST_CASE(nf4_base_merge) {
     BOOST_TEST_MESSAGE("NF4 merge, dora " << dora);
     Generator gen(13);
     nn::Linear lin(64, 8, true, gen, DType::f32);
-    auto q = std::make_shared<lora::NF4Linear>(lin, 64, true);
+    auto q = lora::quantize_base("nf4", lin, {64, true});
     LoraOptions o;
     o.r = 4;
     o.alpha = 8;
@@ -755,7 +756,7 @@ BOOST_AUTO_TEST_CASE(nf4_base_merge) {
     BOOST_TEST(lay.in_features == 64);
     BOOST_TEST(lay.out_features == 8);
     BOOST_TEST(lay.lora_A_weight("default").dtype() == DType::f32);
-    const Tensor W0 = q->dequantize();
+    const Tensor W0 = q->dense_weight();
     BOOST_TEST(bit_equal(lay.base_weight(), W0));
     NoGradGuard no_grad;
     if (dora) {  // m starts at the row norms of the dequantised weight plus s B A
@@ -776,27 +777,27 @@ BOOST_AUTO_TEST_CASE(nf4_base_merge) {
       want = mul(reshape(div(lay.magnitude("default"), n), {8, 1}), want);
     }
     lay.merge();
-    const Tensor Wm = q->dequantize();
+    const Tensor Wm = q->dense_weight();
     // Each requantisation moves an element by at most about half the widest
     // code-book gap (0.28 / 2) times its block's absmax (a bit more with
     // double-quantised scales): 0.16 of the largest |value|, 0.32 after two.
     if (!dora)  // the same dense sum requantised with the same settings: the same codes
-      BOOST_TEST(bit_equal(Wm, lora::quantize_nf4(want, 64, true).dequantize()));
+      BOOST_TEST(bit_equal(Wm, quantize_nf4(want, 64, true).dequantize()));
     CHECK_CLOSE_T(Wm, want, 0.16);
     CHECK_CLOSE_T(lay.forward(x), y, 0.1);
     lay.unmerge();
     if (!dora)
-      BOOST_TEST(bit_equal(q->dequantize(),
-                           lora::quantize_nf4(sub(Wm, lay.delta_weight("default")), 64, true).dequantize()));
-    CHECK_CLOSE_T(q->dequantize(), W0, 0.32);
+      BOOST_TEST(bit_equal(q->dense_weight(),
+                           quantize_nf4(sub(Wm, lay.delta_weight("default")), 64, true).dequantize()));
+    CHECK_CLOSE_T(q->dense_weight(), W0, 0.32);
   }
 }
 
 BOOST_AUTO_TEST_CASE(nf4_base_pissa) {
   Generator gen(17);
   nn::Linear lin(32, 16, false, gen, DType::f32);
-  auto q = std::make_shared<lora::NF4Linear>(lin, 64, false);
-  const Tensor W0 = q->dequantize();
+  auto q = lora::quantize_base("nf4", lin, {64, false});
+  const Tensor W0 = q->dense_weight();
   LoraOptions o;
   o.r = 4;
   o.alpha = 4;
@@ -806,5 +807,5 @@ BOOST_AUTO_TEST_CASE(nf4_base_pissa) {
   // The adapter holds the top-4 part of the dequantised W0; the base the (requantised) rest.
   auto [B, A] = lora::low_rank_factors(W0, 4);
   CHECK_CLOSE_T(lay.delta_weight("default"), matmul(B, A), 1e-5);
-  CHECK_CLOSE_T(add(q->dequantize(), lay.delta_weight("default")), W0, 0.15);
+  CHECK_CLOSE_T(add(q->dense_weight(), lay.delta_weight("default")), W0, 0.15);
 }

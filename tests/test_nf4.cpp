@@ -1,4 +1,5 @@
-// NF4 quantisation (docs/nf4.md) and the frozen NF4 linear layer.
+// NF4 quantisation (docs/nf4.md), the frozen NF4 linear layer, and the
+// table of base-layer storages that makes it.
 #define BOOST_TEST_MODULE nf4
 #include <boost/test/unit_test.hpp>
 
@@ -11,9 +12,11 @@
 
 #include "loragrad/generator.hpp"
 #include "loragrad/gradcheck.hpp"
-#include "loragrad/lora/nf4.hpp"
+#include "loragrad/lora/base_storage.hpp"
+#include "loragrad/lora/nf4_linear.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/quant/nf4.hpp"
 
 using namespace loragrad;
 using namespace loragrad::lora;
@@ -344,20 +347,20 @@ const std::vector<Case> kCases = {{5, 40, 48, 64, true},   {37, 100, 70, 64, fal
 BOOST_AUTO_TEST_CASE(forward_equals_dense_linear_with_the_dequantised_weight) {
   Generator gen(6);
   for (const Case& c : kCases) {
-    auto layer = std::make_shared<NF4Linear>(normal({c.out, c.in}, 0.0, 0.05, gen), uniform({c.out}, -1, 1, gen),
-                                             c.blocksize, c.dq);
+    auto layer = make_nf4_linear(normal({c.out, c.in}, 0.0, 0.05, gen), uniform({c.out}, -1, 1, gen), c.blocksize,
+                                 c.dq);
     Tensor x = randn({c.rows, c.in}, gen);
     Tensor y = layer->forward(x);
-    Tensor ref = linear(x, layer->dequantize(), layer->bias);
+    Tensor ref = linear(x, layer->dense_weight(), layer->bias);
     BOOST_CHECK_MESSAGE(rel_diff(y, ref) <= 1e-6, "case rows=" << c.rows << " in=" << c.in << " out=" << c.out
                                                                 << ": " << rel_diff(y, ref));
   }
   // leading batch dims and no bias
-  auto layer = std::make_shared<NF4Linear>(randn({48, 40}, gen), Tensor());
+  auto layer = make_nf4_linear(randn({48, 40}, gen), Tensor());
   Tensor x = randn({2, 7, 40}, gen);
   Tensor y = layer->forward(x);
   BOOST_CHECK(y.shape() == (Shape{2, 7, 48}));
-  BOOST_CHECK_LE(rel_diff(y, linear(x, layer->dequantize())), 1e-6);
+  BOOST_CHECK_LE(rel_diff(y, linear(x, layer->dense_weight())), 1e-6);
   BOOST_CHECK(layer->forward(randn({40}, gen)).shape() == Shape{48});
   BOOST_CHECK(layer->forward(zeros({0, 40})).shape() == (Shape{0, 48}));
 }
@@ -365,13 +368,13 @@ BOOST_AUTO_TEST_CASE(forward_equals_dense_linear_with_the_dequantised_weight) {
 BOOST_AUTO_TEST_CASE(input_gradient_equals_g_times_the_dequantised_weight) {
   Generator gen(7);
   for (const Case& c : kCases) {
-    auto layer = std::make_shared<NF4Linear>(normal({c.out, c.in}, 0.0, 0.05, gen), uniform({c.out}, -1, 1, gen),
-                                             c.blocksize, c.dq);
+    auto layer = make_nf4_linear(normal({c.out, c.in}, 0.0, 0.05, gen), uniform({c.out}, -1, 1, gen), c.blocksize,
+                                 c.dq);
     Tensor x = randn({c.rows, c.in}, gen);
     x.requires_grad_(true);
     Tensor g = randn({c.rows, c.out}, gen);
     layer->forward(x).backward(g);
-    Tensor ref = matmul(g, layer->dequantize());
+    Tensor ref = matmul(g, layer->dense_weight());
     BOOST_CHECK_MESSAGE(rel_diff(x.grad(), ref) <= 1e-6, "case rows=" << c.rows << " in=" << c.in << " out=" << c.out
                                                                        << ": " << rel_diff(x.grad(), ref));
     BOOST_CHECK(!layer->bias.grad().defined());  // frozen
@@ -381,7 +384,7 @@ BOOST_AUTO_TEST_CASE(input_gradient_equals_g_times_the_dequantised_weight) {
 BOOST_AUTO_TEST_CASE(nf4_linear_is_frozen_and_small) {
   Generator gen(8);
   nn::Linear dense(40, 48, true, gen);
-  auto layer = std::make_shared<NF4Linear>(dense);
+  auto layer = quantize_base("nf4", dense);
   BOOST_CHECK_EQUAL(layer->in_features, 40);
   BOOST_CHECK_EQUAL(layer->out_features, 48);
   BOOST_CHECK_EQUAL(layer->num_parameters(/*trainable_only=*/true), 0);
@@ -447,6 +450,58 @@ BOOST_AUTO_TEST_CASE(requantize_from_a_merged_weight) {
   BOOST_CHECK_GT(err, 0.0);
   BOOST_CHECK_LE(err, 0.5 * largest_gap(nf4_code_book().data(), 16) * amax * 1.01);
   BOOST_CHECK_LE(rel_diff(layer.forward(x), linear(x, layer.dequantize(), layer.bias)), 1e-6);
+}
+
+// ---------------------------------------------------------------- base storages
+
+// The table of base storages: "nf4" makes a Linear4bit that answers every
+// nn::LinearBase question from its codes; the dense names make an nn::Linear;
+// any other name is refused with the list of the known ones.
+BOOST_AUTO_TEST_CASE(base_storage_registry) {
+  Generator gen(12);
+  nn::Linear dense(70, 20, true, gen);
+  BOOST_CHECK(base_storages() == (std::vector<std::string>{"f32", "f64", "nf4"}));
+
+  std::shared_ptr<nn::LinearBase> q = quantize_base("nf4", dense, {32, false});
+  BOOST_CHECK_EQUAL(q->storage(), "nf4");
+  BOOST_CHECK(q->quantized());
+  BOOST_CHECK_EQUAL(q->type_name(), "Linear4bit");
+  BOOST_CHECK_EQUAL(q->in_features, 70);
+  BOOST_CHECK_EQUAL(q->out_features, 20);
+  const NF4Tensor ref = quantize_nf4(dense.weight, 32, false);
+  BOOST_CHECK(floats(q->dense_weight()) == floats(ref.dequantize()));  // bit for bit
+  BOOST_CHECK_EQUAL(q->weight_bytes(), ref.bytes());
+  BOOST_CHECK_EQUAL(rel_diff(q->bias, dense.bias), 0.0);
+  BOOST_CHECK(!q->bias.requires_grad());
+  // weight_rows_f64: rows 3..4 decoded, the same values
+  std::vector<double> rows(2 * 70);
+  q->weight_rows_f64(3, 2, rows.data());
+  const std::vector<float> all = floats(ref.dequantize());
+  for (size_t i = 0; i < rows.size(); ++i) BOOST_CHECK_EQUAL(rows[i], double(all[3 * 70 + i]));
+  // set_weight requantises: new codes, so a new weight version
+  const auto before = q->weight_version();
+  q->set_weight(mul(q->dense_weight(), scalar(2.0)));
+  BOOST_CHECK(q->weight_version().owner != before.owner);
+  BOOST_CHECK(floats(q->dense_weight()) == floats(quantize_nf4(mul(ref.dequantize(), scalar(2.0)), 32, false).dequantize()));
+
+  // Dense storages: copies in the named dtype, the weight a parameter.
+  for (const char* name : {"f32", "f64"}) {
+    std::shared_ptr<nn::LinearBase> d = make_base(name, dense.weight, dense.bias);
+    BOOST_CHECK_EQUAL(d->storage(), name);
+    BOOST_CHECK(!d->quantized());
+    BOOST_CHECK_EQUAL(d->type_name(), "Linear");
+    BOOST_CHECK_EQUAL(rel_diff(d->dense_weight(), dense.weight), 0.0);
+    BOOST_CHECK(d->dense_weight().impl()->storage != dense.weight.impl()->storage);  // a copy
+    const auto v = d->weight_version();
+    d->set_weight(zeros({20, 70}));
+    BOOST_CHECK(d->weight_version().version != v.version);  // in place: same owner, new version
+    BOOST_CHECK(d->weight_version().owner == v.owner);
+  }
+
+  check_throws<ValueError>([&] { make_base("int3", dense.weight, dense.bias); },
+                           {"make_base", "'int3'", "'f32'", "'f64'", "'nf4'"});
+  check_throws<ValueError>([&] { quantize_base("NF4", dense); }, {"'NF4'", "'nf4'"});
+  check_throws<ShapeError>([&] { make_base("nf4", dense.weight, randn({7}, gen)); }, {"NF4Linear", "bias", "[7]"});
 }
 
 // ---------------------------------------------------------------- errors

@@ -4,7 +4,7 @@
 //   #include <loragrad/loragrad.hpp>
 //
 // Layers, lowest first (each folder of the source tree is a library of its own):
-//   core   tensors, autograd, ops, gradient checks, safetensors, the xtensor bridge
+//   core   tensors, autograd, ops, gradient checks, safetensors, NF4, the xtensor bridge
 //   nn     modules: Linear, Embedding, LayerNorm, attention, TinyGPT   (loragrad::nn)
 //   optim  AdamW, SGD, learning-rate schedules, gradient clipping      (loragrad::optim)
 //   data   byte-level datasets and the built-in corpora                (loragrad::data)
@@ -23,6 +23,7 @@
 #include "loragrad/memory.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/parallel.hpp"
+#include "loragrad/quant/nf4.hpp"
 #include "loragrad/safetensors.hpp"
 #include "loragrad/tensor.hpp"
 #include "loragrad/version.hpp"
@@ -30,6 +31,7 @@
 
 // nn
 #include "loragrad/nn/layers.hpp"
+#include "loragrad/nn/linear_base.hpp"
 #include "loragrad/nn/module.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 #include "loragrad/nn/transformer.hpp"
@@ -42,13 +44,14 @@
 #include "loragrad/data/corpus.hpp"
 
 // lora
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/combine.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/linalg.hpp"
 #include "loragrad/lora/lora_config.hpp"
 #include "loragrad/lora/lora_linear.hpp"
 #include "loragrad/lora/loraplus.hpp"
-#include "loragrad/lora/nf4.hpp"
+#include "loragrad/lora/nf4_linear.hpp"
 #include "loragrad/lora/path_regex.hpp"
 #include "loragrad/lora/peft_io.hpp"
 

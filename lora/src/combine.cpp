@@ -8,7 +8,6 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/lora/linalg.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/ops.hpp"
 
 namespace loragrad::lora {
@@ -242,11 +241,11 @@ static Tensor exact_merged_weight(LoraLinear& layer, const std::string& name) {
 }
 
 // Puts a float32 nn::Linear holding dequant(W0) (and the same bias) in the
-// place of the layer's NF4 base: the merge that follows is then the dense one.
+// place of the layer's quantised base: the merge that follows is then the dense one.
 static void dequantize_base(nn::Module& model, const std::string& path, LoraLinear& layer) {
-  auto q = std::dynamic_pointer_cast<NF4Linear>(layer.base_layer);
+  const std::shared_ptr<nn::LinearBase> q = layer.base_layer;
   const bool bias_trainable = q->bias.defined() && q->bias.requires_grad();
-  auto dense = std::make_shared<nn::Linear>(q->dequantize(), q->bias);
+  auto dense = std::make_shared<nn::Linear>(q->dense_weight(), q->bias);
   dense->weight.requires_grad_(false);  // frozen, as the base was
   if (dense->bias.defined()) dense->bias.requires_grad_(bias_trainable);
   dense->train(q->is_training());
@@ -259,10 +258,10 @@ MergeReport merge_and_unload(nn::Module& model, bool requantize) {
   for (const auto& [path, layer] : lora_layers(model)) {
     if (!active.empty() && layer->has_adapter(active)) {
       if (layer->merged() && layer->merged_adapter() != active) layer->unmerge();
-      const bool nf4 = layer->base_is_nf4() && !layer->merged();
+      const bool quantized = layer->base_layer->quantized() && !layer->merged();  // NF4
       Tensor want;
-      if (nf4 && requantize) want = exact_merged_weight(*layer, active);
-      if (nf4 && !requantize) {
+      if (quantized && requantize) want = exact_merged_weight(*layer, active);
+      if (quantized && !requantize) {
         dequantize_base(model, path, *layer);
         rep.dequantized.push_back(path);
       }

@@ -11,7 +11,7 @@
 #include <tuple>
 
 #include "loragrad/format.hpp"
-#include "loragrad/lora/nf4.hpp"
+#include "loragrad/lora/base_storage.hpp"
 #include "loragrad/lora/path_regex.hpp"
 #include "loragrad/nn/layers.hpp"
 
@@ -143,10 +143,8 @@ nn::NamedModules target_candidates(const nn::Module& model) {
 }
 
 // (in, out) of a module that can take an adapter; {0, 0} for any other module.
-// The one place that knows which base types exist.
 static std::pair<int64_t, int64_t> linear_dims(const nn::ModulePtr& m) {
-  if (auto lin = std::dynamic_pointer_cast<nn::Linear>(m)) return {lin->in_features, lin->out_features};
-  if (auto q = std::dynamic_pointer_cast<NF4Linear>(m)) return {q->in_features, q->out_features};
+  if (auto base = std::dynamic_pointer_cast<nn::LinearBase>(m)) return {base->in_features, base->out_features};
   if (auto lora = std::dynamic_pointer_cast<LoraLinear>(m)) return {lora->in_features, lora->out_features};
   return {0, 0};
 }
@@ -184,7 +182,7 @@ LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::st
     std::string list;
     for (const auto& s : not_linear) list += (list.empty() ? "" : ", ") + s;
     throw ValueError(where + ": target_modules matched modules that are not linear layers: " + list +
-                     "; only Linear (and NF4Linear) layers can take a LoRA adapter");
+                     "; only linear layers (Linear, Linear4bit) can take a LoRA adapter");
   }
   if (plan.targets.empty())
     throw ValueError(where + ": target_modules " + std::string(cfg.target_regex ? "regex " : "") +
@@ -200,9 +198,8 @@ LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::st
                        std::to_string(std::min(t.in_features, t.out_features)) + ", got r = " +
                        std::to_string(t.options.r));
     if (!cfg.qlora) continue;
-    auto lin = std::dynamic_pointer_cast<nn::Linear>(t.module);
-    if (!lin && !std::dynamic_pointer_cast<NF4Linear>(t.module))
-      throw ValueError(where + ": qlora needs an nn::Linear or NF4Linear base at '" + t.path + "', got " +
+    if (!std::dynamic_pointer_cast<nn::LinearBase>(t.module))
+      throw ValueError(where + ": qlora needs a linear base layer (Linear, Linear4bit) at '" + t.path + "', got " +
                        t.module->type_name());
   }
   // NF4 weights dequantise to float32, so the adapter and the activations are float32 too.
@@ -233,19 +230,18 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> quantizable_lin
 int64_t quantize_base_to_nf4(nn::Module& model) {
   int64_t n = 0;
   for (const auto& [path, lin] : quantizable_linears(model)) {
-    auto q = std::make_shared<NF4Linear>(*lin);
-    q->train(lin->is_training());
-    model.replace_module(path, q);  // a LoRA layer's "....base_layer" too
+    model.replace_module(path, quantize_base("nf4", *lin));  // a LoRA layer's "....base_layer" too
     ++n;
   }
   return n;
 }
 
 std::pair<int64_t, int64_t> peft_parameter_counts(const nn::Module& model) {
-  int64_t nf4 = 0;
+  int64_t packed = 0;  // quantised weights are no parameters
   for (const auto& [path, m] : model.named_modules())
-    if (auto q = std::dynamic_pointer_cast<NF4Linear>(m)) nf4 += q->in_features * q->out_features;
-  return {model.num_parameters(true), model.num_parameters(false) + nf4};
+    if (auto base = std::dynamic_pointer_cast<nn::LinearBase>(m); base && base->quantized())
+      packed += base->in_features * base->out_features;
+  return {model.num_parameters(true), model.num_parameters(false) + packed};
 }
 
 // ============================ apply_lora ============================

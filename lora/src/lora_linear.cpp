@@ -8,7 +8,6 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/lora/linalg.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/ops.hpp"
 
 namespace loragrad::lora {
@@ -49,92 +48,47 @@ DoraMagnitude::DoraMagnitude(Tensor magnitude) {
 }
 
 // ============================ the base layer ============================
-// Everything that depends on the base's concrete type is in this section.
-
-static std::shared_ptr<nn::Linear> as_dense_linear(const nn::ModulePtr& base) {
-  return std::dynamic_pointer_cast<nn::Linear>(base);
-}
-static std::shared_ptr<NF4Linear> as_nf4(const nn::ModulePtr& base) {
-  return std::dynamic_pointer_cast<NF4Linear>(base);
-}
+// Everything LoraLinear asks of its base goes through nn::LinearBase.
 
 // t in dtype dt, without a copy when it already is (cast always copies).
 static Tensor as_dtype(const Tensor& t, DType dt) { return t.dtype() == dt ? t : t.to(dt); }
 
-Tensor LoraLinear::base_weight() const {
-  if (auto lin = as_dense_linear(base_layer)) return lin->weight.detach();
-  if (auto q = as_nf4(base_layer)) return q->dequantize();  // float32, a fresh tensor
-  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
-}
+Tensor LoraLinear::base_weight() const { return base_layer->dense_weight(); }
 
 Tensor LoraLinear::base_bias() const {
-  if (auto lin = as_dense_linear(base_layer)) return lin->bias.defined() ? lin->bias.detach() : Tensor();
-  if (auto q = as_nf4(base_layer)) return q->bias.defined() ? q->bias.detach() : Tensor();
-  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
+  return base_layer->bias.defined() ? base_layer->bias.detach() : Tensor();
 }
 
 // x W0^T through the base's own weight, live: differentiable when the base is
 // trainable (PEFT's forward uses base_layer.weight itself). An NF4 base has no
 // weight parameter: it multiplies from its codes, a constant, with no dense copy.
-Tensor LoraLinear::base_matmul(const Tensor& x) const {
-  if (auto lin = as_dense_linear(base_layer)) return linear(x, as_dtype(lin->weight, x.dtype()));
-  if (auto q = as_nf4(base_layer)) return nf4_linear(x, q->qweight_ptr());
-  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
-}
+Tensor LoraLinear::base_matmul(const Tensor& x) const { return base_layer->forward_no_bias(x); }
 
-// ||W0_i||^2 per row, float64, cached (see the header). The key is the weight's
-// identity and storage version; an NF4Tensor is immutable (NF4Linear swaps in a
-// new one), so its identity alone is its version.
+// ||W0_i||^2 per row, float64, cached (see the header). The key is the
+// weight's identity and version (LinearBase::weight_version()).
 std::shared_ptr<const std::vector<double>> LoraLinear::base_row_sq_norms() const {
-  std::shared_ptr<const void> owner;
-  uint64_t version = 0;
-  const auto lin = as_dense_linear(base_layer);
-  const auto q = as_nf4(base_layer);
-  if (lin) {
-    check_floating(lin->weight, "LoraLinear.base_row_sq_norms");
-    owner = lin->weight.impl()->storage;
-    version = lin->weight.version();
-  } else if (q) {
-    owner = q->qweight_ptr();
-  } else {
-    throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
-  }
+  const nn::LinearBase::WeightVersion key = base_layer->weight_version();
   std::lock_guard<std::mutex> lock(row_sq_mu_);
-  const bool same_owner = !row_sq_.owner.owner_before(owner) && !owner.owner_before(row_sq_.owner);
-  if (row_sq_.sq && same_owner && row_sq_.version == version) return row_sq_.sq;
+  const bool same_owner = !row_sq_.owner.owner_before(key.owner) && !key.owner.owner_before(row_sq_.owner);
+  if (row_sq_.sq && same_owner && row_sq_.version == key.version) return row_sq_.sq;
 
   const int64_t rows = out_features, cols = in_features;
   auto sq = std::make_shared<std::vector<double>>(static_cast<size_t>(rows));
   double* out = sq->data();
-  if (lin) {
-    const Tensor& W = lin->weight;  // (out, in): its own values, read in place
-    dispatch_float(W.dtype(), "LoraLinear.base_row_sq_norms", [&](auto tag) {
-      using T = decltype(tag);
-      const T* w = W.data<T>();
-#pragma omp parallel for if (rows * cols > (1 << 16))
-      for (int64_t i = 0; i < rows; ++i) {
-        const T* row = w + i * cols;
-        double acc = 0;
-        for (int64_t j = 0; j < cols; ++j) acc += double(row[j]) * double(row[j]);
-        out[i] = acc;
-      }
-    });
-  } else {
-    const NF4Tensor& w = q->qweight();  // decoded one row at a time: never a dense copy
+  const nn::LinearBase& base = *base_layer;  // its own values, a row at a time: never a dense copy
 #pragma omp parallel if (rows * cols > (1 << 16))
-    {
-      std::vector<float> row(static_cast<size_t>(cols));
+  {
+    std::vector<double> row(static_cast<size_t>(cols));  // (in)
 #pragma omp for
-      for (int64_t i = 0; i < rows; ++i) {
-        w.decode(i * cols, cols, row.data());
-        double acc = 0;
-        for (int64_t j = 0; j < cols; ++j) acc += double(row[j]) * double(row[j]);
-        out[i] = acc;
-      }
+    for (int64_t i = 0; i < rows; ++i) {
+      base.weight_rows_f64(i, 1, row.data());
+      double acc = 0;
+      for (int64_t j = 0; j < cols; ++j) acc += row[j] * row[j];
+      out[i] = acc;
     }
   }
-  row_sq_.owner = owner;
-  row_sq_.version = version;
+  row_sq_.owner = key.owner;
+  row_sq_.version = key.version;
   row_sq_.sq = std::move(sq);
   ++row_sq_.computations;
   return row_sq_.sq;
@@ -143,12 +97,6 @@ std::shared_ptr<const std::vector<double>> LoraLinear::base_row_sq_norms() const
 int64_t LoraLinear::base_row_sq_norm_computations() const {
   std::lock_guard<std::mutex> lock(row_sq_mu_);
   return row_sq_.computations;
-}
-
-Tensor LoraLinear::live_base_bias() const {
-  if (auto lin = as_dense_linear(base_layer)) return lin->bias;
-  if (auto q = as_nf4(base_layer)) return q->bias;
-  throw Error("LoraLinear: base layer " + base_layer->type_name() + " is not supported");
 }
 
 void LoraLinear::set_base_weight(const Tensor& w) {
@@ -163,35 +111,24 @@ void LoraLinear::set_base_weight(const Tensor& w) {
     row_sq_.sq.reset();
     row_sq_.owner.reset();
   }
-  if (auto lin = as_dense_linear(base_layer)) {
-    lin->weight.copy_(w);  // in place: the base's (frozen) parameter keeps its identity
-    return;
-  }
-  if (auto q = as_nf4(base_layer)) {
-    // Dequantise-add-requantise (as PEFT does for bitsandbytes 4-bit bases):
-    // the new codes round the dense weight again, so a merge into NF4 is lossy.
-    q->requantize_from(as_dtype(w, DType::f32));
-    return;
-  }
-  throw Error("LoraLinear.set_base_weight: base layer " + base_layer->type_name() + " is not supported");
+  // Dense: in place, the base's (frozen) parameter keeps its identity. NF4:
+  // dequantise-add-requantise, as PEFT does for bitsandbytes 4-bit bases (the
+  // new codes round the dense weight again, so a merge into NF4 is lossy).
+  base_layer->set_weight(w);
 }
 
-bool LoraLinear::base_is_nf4() const { return as_nf4(base_layer) != nullptr; }
+bool LoraLinear::base_is_nf4() const { return base_layer->storage() == "nf4"; }
 
 // ============================ LoraLinear ============================
 
-LoraLinear::LoraLinear(nn::ModulePtr base) : base_layer(std::move(base)) {
-  if (!base_layer) throw ValueError("LoraLinear: the base layer is null");
-  if (auto lin = as_dense_linear(base_layer)) {
-    in_features = lin->in_features;
-    out_features = lin->out_features;
-  } else if (auto q = as_nf4(base_layer)) {
-    in_features = q->in_features;
-    out_features = q->out_features;
-  } else {
-    throw ValueError("LoraLinear: the base layer must be an nn::Linear or a lora::NF4Linear, got " +
-                     base_layer->type_name());
-  }
+LoraLinear::LoraLinear(nn::ModulePtr base) {
+  if (!base) throw ValueError("LoraLinear: the base layer is null");
+  base_layer = std::dynamic_pointer_cast<nn::LinearBase>(base);
+  if (!base_layer)
+    throw ValueError("LoraLinear: the base layer must be a linear layer (an nn::LinearBase: Linear, Linear4bit), got " +
+                     base->type_name());
+  in_features = base_layer->in_features;
+  out_features = base_layer->out_features;
   base_layer->requires_grad_(false);
   lora_dropout = std::make_shared<ModuleDict>();
   lora_A = std::make_shared<ModuleDict>();
@@ -391,24 +328,6 @@ static Tensor row_norms(const Tensor& W) {
   return from_values(n, {rows}, W.dtype());
 }
 
-// Row i of the base weight as float64 (NF4: decoded), into out[0 : in].
-static void base_row_f64(const nn::ModulePtr& base, int64_t i, int64_t in, std::vector<float>& scratch,
-                         double* out) {
-  if (auto lin = as_dense_linear(base)) {
-    dispatch_float(lin->weight.dtype(), "LoraLinear.dora_row_norm", [&](auto tag) {
-      using T = decltype(tag);
-      const T* w = lin->weight.template data<T>() + i * in;
-      for (int64_t j = 0; j < in; ++j) out[j] = double(w[j]);
-    });
-  } else if (auto q = as_nf4(base)) {
-    scratch.resize(static_cast<size_t>(in));
-    q->qweight().decode(i * in, in, scratch.data());
-    for (int64_t j = 0; j < in; ++j) out[j] = double(scratch[static_cast<size_t>(j)]);
-  } else {
-    throw Error("LoraLinear: base layer " + base->type_name() + " is not supported");
-  }
-}
-
 // The expansion is used where it keeps its accuracy: n_i^2 >= kCancel * (||W0_i||^2
 // + s^2 ||(B A)_i||^2), i.e. at most a 16x loss to cancellation. Rows below
 // (W0 and s B A nearly cancel) are recomputed directly, one row at a time.
@@ -452,10 +371,9 @@ Tensor LoraLinear::dora_row_norm(const std::string& name) const {
   if (!cancelling.empty()) {
     // n_i = ||W0_i + s B_i A|| summed element by element, in float64.
     const double* a = A64.data<double>();
-    std::vector<double> row(static_cast<size_t>(in));
-    std::vector<float> scratch;
+    std::vector<double> row(static_cast<size_t>(in));  // (in)
     for (int64_t i : cancelling) {
-      base_row_f64(base_layer, i, in, scratch, row.data());
+      base_layer->weight_rows_f64(i, 1, row.data());
       const double* b = Bv.data() + i * r;
       for (int64_t k = 0; k < r; ++k) {
         const double sb = s * b[k];
@@ -493,7 +411,7 @@ Tensor LoraLinear::forward(const Tensor& x) {
   const Tensor mn = div(m, dora_row_norm(active_));                               // (out), m / n
   Tensor base_result;                                                             // (..., out) = W0 x_d
   if (!dropping) {
-    const Tensor b = live_base_bias();
+    const Tensor& b = base_layer->bias;  // live, not detached
     base_result = b.defined() ? sub(y, b) : y;  // reuse base(x): W0 x = base(x) - b
   } else {
     base_result = base_matmul(xd);  // W0 x_d (NF4: from the codes, no dense copy)

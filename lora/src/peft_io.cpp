@@ -16,7 +16,6 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/json_sax.hpp"
-#include "loragrad/lora/nf4.hpp"
 
 namespace loragrad::lora {
 
@@ -345,7 +344,7 @@ LoraConfig adapter_config(const nn::Module& model, const std::string& adapter) {
                        "' differ in dropout, rsLoRA, DoRA or init, which one adapter_config.json cannot express");
     ranks.push_back(o.r);
     alphas.push_back(o.alpha);
-    all_nf4 &= std::dynamic_pointer_cast<NF4Linear>(layer->base_layer) != nullptr;
+    all_nf4 &= layer->base_is_nf4();
   }
   LoraConfig cfg;
   cfg.r = most_common(ranks);
@@ -396,8 +395,7 @@ LoraConfig adapter_config(const nn::Module& model, const std::string& adapter) {
 }
 
 static bool is_linear_module(const nn::ModulePtr& m) {
-  return std::dynamic_pointer_cast<nn::Linear>(m) || std::dynamic_pointer_cast<NF4Linear>(m) ||
-         std::dynamic_pointer_cast<LoraLinear>(m);
+  return std::dynamic_pointer_cast<nn::LinearBase>(m) || std::dynamic_pointer_cast<LoraLinear>(m);
 }
 
 static bool is_output_head(const std::string& path) {

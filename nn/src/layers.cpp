@@ -1,6 +1,7 @@
 // Linear, Embedding, LayerNorm, Dropout, ModuleList.
 #include "loragrad/nn/layers.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -29,10 +30,11 @@ static std::string format_double(double v) {
 
 // ============================ Linear ============================
 
-Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen, DType dt)
-    : in_features(in), out_features(out) {
+Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen, DType dt) {
   check_positive(in, "Linear", "in_features");
   check_positive(out, "Linear", "out_features");
+  in_features = in;
+  out_features = out;
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
   weight = as_parameter(uniform({out, in}, -bound, bound, gen, dt));
   register_parameter("weight", weight);
@@ -58,6 +60,38 @@ Linear::Linear(Tensor w, Tensor b) {
 }
 
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+Tensor Linear::forward_no_bias(const Tensor& x) const {
+  return linear(x, weight.dtype() == x.dtype() ? weight : weight.to(x.dtype()));
+}
+
+std::string Linear::storage() const {
+  switch (weight.dtype()) {
+    case DType::f32: return "f32";
+    case DType::f64: return "f64";
+    default: return dtype_name(weight.dtype());  // not reached: a parameter is a float tensor
+  }
+}
+
+void Linear::weight_rows_f64(int64_t row0, int64_t nrows, double* out) const {
+  const int64_t n = nrows * in_features;
+  if (weight.dtype() == DType::f64) {
+    const double* w = weight.data<double>() + row0 * in_features;
+    std::copy(w, w + n, out);
+  } else {
+    const float* w = weight.data<float>() + row0 * in_features;
+    for (int64_t i = 0; i < n; ++i) out[i] = w[i];
+  }
+}
+
+void Linear::set_weight(const Tensor& w) {
+  if (w.shape() != weight.shape())
+    throw ShapeError("Linear.set_weight: expected " + shape_str(weight.shape()) + ", got " + shape_str(w.shape()));
+  NoGradGuard no_grad;  // a write into a (possibly trainable) leaf, not part of any graph
+  weight.copy_(w);
+}
+
+Linear::WeightVersion Linear::weight_version() const { return {weight.impl()->storage, weight.version()}; }
 
 std::string Linear::extra_repr() const {
   return "in_features=" + std::to_string(in_features) + ", out_features=" + std::to_string(out_features) +

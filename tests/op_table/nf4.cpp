@@ -1,4 +1,4 @@
-// Op-table entries for nf4_linear (lora/src/nf4_linear.cpp).
+// Op-table entries for nf4_linear (core/src/ops/nf4_linear.cpp).
 //
 // The NF4 weight is a constant of the op (never differentiated): each sample
 // quantises a fixed weight once and closes over it. The float64 run computes
@@ -7,7 +7,7 @@
 #include <memory>
 
 #include "loragrad/generator.hpp"
-#include "loragrad/lora/nf4.hpp"
+#include "loragrad/quant/nf4.hpp"
 #include "op_table.hpp"
 
 namespace loragrad::testing {
@@ -19,9 +19,9 @@ using Fn = std::function<Tensor(const std::vector<Tensor>&)>;
 // x = inputs[0]; bias = inputs[1] when present.
 Fn nf4_fn(const Shape& weight_shape, int64_t blocksize, bool double_quant, uint64_t seed) {
   Generator gen(seed);
-  auto w = std::make_shared<const lora::NF4Tensor>(
-      lora::quantize_nf4(uniform(weight_shape, -1.0, 1.0, gen), blocksize, double_quant));
-  return [w](const std::vector<Tensor>& x) { return lora::nf4_linear(x[0], w, x.size() > 1 ? x[1] : Tensor()); };
+  auto w = std::make_shared<const NF4Tensor>(
+      quantize_nf4(uniform(weight_shape, -1.0, 1.0, gen), blocksize, double_quant));
+  return [w](const std::vector<Tensor>& x) { return nf4_linear(x[0], w, x.size() > 1 ? x[1] : Tensor()); };
 }
 
 }  // namespace

@@ -13,9 +13,9 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/format.hpp"
-#include "loragrad/lora/nf4.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
+#include "loragrad/nn/linear_base.hpp"
 
 namespace loragrad::train {
 
@@ -91,7 +91,8 @@ void weight_bytes(const nn::Module& model, MemoryUse& m) {
     if (p.grad().defined()) m.gradients += memory::storage_bytes(p.grad().nbytes());
   }
   for (const auto& [path, mod] : model.named_modules())
-    if (auto q = std::dynamic_pointer_cast<lora::NF4Linear>(mod)) m.frozen_weights += q->weight_bytes();
+    if (auto base = std::dynamic_pointer_cast<nn::LinearBase>(mod); base && base->quantized())
+      m.frozen_weights += base->weight_bytes();  // packed codes: not a parameter
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // differentiate it. Each is implemented in core/src/ops/<group>.cpp with its
 // backward right beside its forward. Float ops accept float32 or float64;
 // both operands of a binary op must have the same dtype.
+#include <memory>
 #include <vector>
 
 #include "loragrad/autograd.hpp"
@@ -70,6 +71,15 @@ Tensor matmul_nt(const Tensor& a, const Tensor& b);
 Tensor matmul_tn(const Tensor& a, const Tensor& b);
 // x (..., in) @ weight (out, in)^T + bias (out) -> (..., out); bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+// ---- quantised weights (ops/nf4_linear.cpp) ----
+struct NF4Tensor;  // loragrad/quant/nf4.hpp
+// x (..., in) @ W^T + bias (out) -> (..., out) with W an NF4 weight (out, in),
+// computed from its codes, never a dense copy (float32: decoded piece by piece
+// into the float GEMM's panels; float64: W decoded row block by row block into
+// float64, for gradient checks). Differentiable w.r.t. x and bias, never W (a
+// constant). x and bias (or undefined) of one float dtype.
+Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, const Tensor& bias = Tensor());
 
 // ---- shape and indexing (ops/shape.cpp, ops/index.cpp) ----
 Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1; shares storage

@@ -21,7 +21,7 @@ namespace loragrad {
   X(embedding)                                                                 \
   /* fused neural-network ops */                                               \
   X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention) \
-  /* quantised weights (lora/src/nf4_linear.cpp) */                            \
+  /* quantised weights (core/src/ops/nf4_linear.cpp) */                       \
   X(nf4_linear)
 
 enum class Op {

@@ -1,6 +1,6 @@
 // Float and double GEMM, row-major: C (M, N) = alpha * op(A) @ op(B) + beta * C.
 // Interface and semantics: loragrad/kernels/gemm.hpp; packed-panel contract:
-// loragrad/kernels/gemm_pack.hpp.
+// gemm_pack.hpp (private, next to this file).
 //
 // Float algorithm (the GotoBLAS / BLIS loop nest):
 //
@@ -42,7 +42,7 @@
 #endif
 
 #include "loragrad/error.hpp"
-#include "loragrad/kernels/gemm_pack.hpp"
+#include "gemm_pack.hpp"
 
 namespace loragrad::kernels {
 namespace {
@@ -137,6 +137,8 @@ thread_local AlignedBuffer tls_apack;  // (MC, KC) packed A, MR-row slivers; per
 thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers: the calling
                                        // thread's is shared with its team (several panels),
                                        // or each thread packs its own (one panel)
+thread_local AlignedBuffer tls_decoded;  // (NR, KC) rows of a decoded B before the transposing
+                                         // pack (gemm_decoded_b, trans_b); per thread
 
 // ---------------------------------------------------------------------------
 // Packing
@@ -584,6 +586,54 @@ void drive(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const flo
 }
 
 }  // namespace
+
+namespace {
+
+// op(B) from a DecodeRows callback (gemm.hpp). The pieces asked for are those
+// of one sliver (NR columns of op(B), kc deep), so they stay cache-sized:
+//   trans_b: the sliver's columns are NR rows of the stored B (N, K), each a
+//     run of kc: decoded into a (NR, kc) scratch of this thread (64 KiB), then
+//     interleaved into the panel like a transposed plain B.
+//   else: the sliver's rows are kc row segments of the stored B (K, N), each
+//     NR wide: decoded straight into the panel (row stride NR); only the
+//     padding lanes of a ragged last sliver are written here.
+class DecodedBSource final : public BPanelSource {
+ public:
+  DecodedBSource(const DecodeRows& decode, bool trans_b, int64_t K, int64_t N)
+      : decode_(decode), trans_b_(trans_b), K_(K), N_(N) {}
+  int64_t rows() const override { return K_; }
+  int64_t cols() const override { return N_; }
+  void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* dst) const override {
+    for (int64_t s = 0; s * NR < nc; ++s, dst += kc * NR) {
+      const int64_t cols = std::min(NR, nc - s * NR);
+      const int64_t jb = n0 + s * NR;
+      if (trans_b_) {
+        float* rows = tls_decoded.get(NR * kc);  // (cols, kc): B[jb + c][k0 : k0 + kc]
+        decode_(jb, cols, k0, kc, rows, kc);
+        if (cols < NR) std::fill(dst, dst + kc * NR, 0.0f);  // the padding columns
+        interleave_rows(rows, kc, cols, kc, dst, NR);
+      } else {
+        decode_(k0, kc, jb, cols, dst, NR);  // B[k0 + k][jb : jb + cols] -> sliver row k
+        if (cols < NR)
+          for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * NR + cols, dst + (k + 1) * NR, 0.0f);
+      }
+    }
+  }
+
+ private:
+  const DecodeRows& decode_;
+  bool trans_b_;
+  int64_t K_, N_;
+};
+
+}  // namespace
+
+void gemm_decoded_b(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const DecodeRows& decode_rows, float beta, float* C, int64_t ldc) {
+  check_args("gemm_decoded_b", M, N, K, lda, trans_a ? M : K, 0, -1, ldc);
+  if (!decode_rows) throw ValueError("gemm_decoded_b: decode_rows is empty");
+  drive(trans_a, M, N, K, alpha, A, lda, DecodedBSource(decode_rows, trans_b, K, N), nullptr, 0, beta, C, ldc);
+}
 
 void gemm_packed_b(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                    int64_t lda, const BPanelSource& B, float beta, float* C, int64_t ldc) {

@@ -12,8 +12,8 @@
 // module matches when its dotted path equals an entry or ends with "." + entry
 // ("q_proj" matches "blocks.0.attn.q_proj", never "blocks.0.attn.xq_proj");
 // a single string is instead a regex that must match the whole path. Only
-// linear layers (nn::Linear, lora::NF4Linear, or an existing LoraLinear, which
-// gets one more adapter) can be targets.
+// linear layers (an nn::LinearBase such as nn::Linear or Linear4bit, or an
+// existing LoraLinear, which gets one more adapter) can be targets.
 //
 // After apply_lora only adapter parameters (and the modules_to_save) are
 // trainable; every base parameter is frozen, so no gradient is computed for it.
@@ -157,11 +157,12 @@ nn::NamedModules target_candidates(const nn::Module& model);
 // The nn::Linear layers QLoRA quantises (path, layer): every one but lm_head,
 // including the float bases inside LoRA layers.
 std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> quantizable_linears(const nn::Module& model);
-// Replaces each of them by an NF4Linear (blocks of 64, double quantised);
-// returns how many. apply_lora calls it when cfg.qlora.
+// Replaces each of them by an NF4 base, quantize_base("nf4", ...) (blocks of
+// 64, double quantised); returns how many. apply_lora calls it when cfg.qlora.
 int64_t quantize_base_to_nf4(nn::Module& model);
 // (trainable, all) parameters as PEFT's print_trainable_parameters counts
-// them: an NF4 weight counts its in * out logical values, not its packed bytes.
+// them: a quantised (NF4) weight counts its in * out logical values, not its
+// packed bytes.
 std::pair<int64_t, int64_t> peft_parameter_counts(const nn::Module& model);
 
 }  // namespace loragrad::lora

@@ -27,8 +27,8 @@
 //   dequantised to a dense copy in forward or backward (W0 x_d under dropout
 //   also runs on the codes).
 //
-// The base is an nn::Linear or a lora::NF4Linear; this class touches it only
-// through forward() and one helper that yields its dense weight (base_weight()).
+// The base is any nn::LinearBase (nn::Linear, lora's Linear4bit, ...); this
+// class touches it only through that interface, never through its type.
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -38,6 +38,7 @@
 
 #include "loragrad/lora/lora_config.hpp"
 #include "loragrad/nn/layers.hpp"
+#include "loragrad/nn/linear_base.hpp"
 #include "loragrad/nn/module.hpp"
 #include "loragrad/tensor.hpp"
 
@@ -57,8 +58,8 @@ class DoraMagnitude : public nn::Module {
 
 class LoraLinear : public nn::Module {
  public:
-  // Wraps `base` (nn::Linear or lora::NF4Linear; anything else is a ValueError)
-  // and freezes it. No adapter yet: forward is base(x).
+  // Wraps `base` (an nn::LinearBase; anything else is a ValueError) and
+  // freezes it. No adapter yet: forward is base(x).
   explicit LoraLinear(nn::ModulePtr base);
   // The same, then add_adapter(adapter_name, opts).
   LoraLinear(nn::ModulePtr base, const std::string& adapter_name, const LoraOptions& opts);
@@ -134,23 +135,24 @@ class LoraLinear : public nn::Module {
   Tensor dora_row_norm(const std::string& name) const;
   // ||W0_i||^2 for every row i of the base weight (out), float64, computed
   // from the base's own values (NF4: decoded row by row) and cached. The cache
-  // is keyed on the base weight's identity (the nn::Linear weight's storage,
-  // or the NF4Tensor) and its storage version, so it follows in-place writes
-  // that bump the version (copy_, add_, set, fill_, optimizer steps, merge,
-  // unmerge, set_base_weight), a replaced weight tensor (base->weight = t) and
-  // an NF4 requantisation. A write through a raw pointer must call
-  // bump_version() (as SavedTensor already requires), or the cache is stale.
+  // is keyed on the base weight's identity and version (LinearBase::
+  // weight_version(): a dense weight's storage and version, or the NF4 codes),
+  // so it follows in-place writes that bump the version (copy_, add_, set,
+  // fill_, optimizer steps, merge, unmerge, set_base_weight), a replaced weight
+  // tensor (base->weight = t) and an NF4 requantisation. A write through a
+  // raw pointer must call bump_version() (as SavedTensor already requires), or
+  // the cache is stale.
   std::shared_ptr<const std::vector<double>> base_row_sq_norms() const;
   // How many times base_row_sq_norms() computed rather than reused (tests).
   int64_t base_row_sq_norm_computations() const;
-  // The ONE place that knows the base's type: the dense W0 (out, in) (a
-  // detached handle to the nn::Linear weight itself, or a fresh float32
-  // NF4Linear::dequantize()) and the bias (or undefined).
+  // The dense W0 (out, in), base_layer->dense_weight(): a detached handle to
+  // a dense weight itself, or a fresh float32 decode of a quantised one; and
+  // the bias (or undefined).
   Tensor base_weight() const;
   Tensor base_bias() const;
   // Writes a dense (out, in) weight into the base, in place (NF4: requantised).
   void set_base_weight(const Tensor& w);
-  bool base_is_nf4() const;
+  bool base_is_nf4() const;  // base_layer->storage() == "nf4" (PEFT's Linear4bit)
 
   // Bytes held by adapter parameters (A, B, m), of one adapter or of all.
   size_t adapter_bytes() const;
@@ -158,7 +160,7 @@ class LoraLinear : public nn::Module {
 
   int64_t in_features = 0, out_features = 0;
   // Registered children, in PEFT's order. Public like nn::Linear's weight.
-  nn::ModulePtr base_layer;
+  std::shared_ptr<nn::LinearBase> base_layer;
   std::shared_ptr<ModuleDict> lora_dropout;
   std::shared_ptr<ModuleDict> lora_A;
   std::shared_ptr<ModuleDict> lora_B;
@@ -170,21 +172,18 @@ class LoraLinear : public nn::Module {
     double scale;
   };
   const Adapter& adapter(const std::string& name, const char* op) const;
-  // x W0^T (..., out), without the bias, through the base's own weight: the
-  // nn::Linear weight handle itself, NOT detached, so gradient reaches it when
-  // the base is trainable, as in PEFT (cast to x's dtype if it differs); an NF4
-  // base multiplies from its codes (nf4_linear: constant weight, no dense copy).
+  // x W0^T (..., out), without the bias: base_layer->forward_no_bias(x), the
+  // live weight (NOT detached: gradient reaches a trainable dense base, as in
+  // PEFT) or an NF4 base's codes (constant, no dense copy).
   Tensor base_matmul(const Tensor& x) const;
-  // The base's bias handle itself, NOT detached (undefined when it has none).
-  Tensor live_base_bias() const;
   void set_trainable(const std::string& active);
 
   std::vector<std::pair<std::string, Adapter>> adapters_;  // insertion order
   std::string active_;
   std::string merged_adapter_;
   Tensor merged_dora_norm_;  // n at merge time (DoRA), for unmerge
-  // The cache of base_row_sq_norms(): the weight it was computed from (the
-  // dense weight's Storage or the NF4Tensor; a weak reference, so it neither
+  // The cache of base_row_sq_norms(): the weight it was computed from
+  // (LinearBase::WeightVersion's owner; a weak reference, so it neither
   // keeps an old weight alive nor can match a new one at a recycled address)
   // and that storage's version.
   struct RowSqCache {

@@ -8,12 +8,14 @@
 #include <vector>
 
 #include "loragrad/generator.hpp"
+#include "loragrad/nn/linear_base.hpp"
 #include "loragrad/nn/module.hpp"
 
 namespace loragrad::nn {
 
-// y = x W^T + b. weight (out, in), bias (out).
-class Linear : public Module {
+// y = x W^T + b. weight (out, in), bias (out); the dense storage of
+// LinearBase (in_features, out_features and bias live there).
+class Linear : public LinearBase {
  public:
   // PyTorch's default init: kaiming_uniform(a = sqrt(5)) is U(-1/sqrt(in), 1/sqrt(in)),
   // and the same bound for the bias.
@@ -26,9 +28,17 @@ class Linear : public Module {
   std::string extra_repr() const override;
   bool has_bias() const { return bias.defined(); }
 
-  int64_t in_features, out_features;
+  // ---- LinearBase: W is `weight` itself ----
+  Tensor forward_no_bias(const Tensor& x) const override;  // the live weight, cast to x's dtype
+  std::string storage() const override;                    // the weight's dtype: "f32" or "f64"
+  bool quantized() const override { return false; }
+  size_t weight_bytes() const override { return weight.nbytes(); }
+  Tensor dense_weight() const override { return weight.detach(); }  // no copy
+  void weight_rows_f64(int64_t row0, int64_t nrows, double* out) const override;
+  void set_weight(const Tensor& w) override;  // weight.copy_(w), in place
+  WeightVersion weight_version() const override;
+
   Tensor weight;  // (out, in)
-  Tensor bias;    // (out) or undefined
 };
 
 // Rows of weight picked by i64 ids: idx (...) -> (..., dim).

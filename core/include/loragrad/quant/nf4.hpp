@@ -1,6 +1,8 @@
 #pragma once
-// NF4 (4-bit NormalFloat) weights, as QLoRA / bitsandbytes store them, and the
-// frozen linear layer that computes straight from them.
+// NF4 (4-bit NormalFloat) weights, as QLoRA / bitsandbytes store them: the
+// format, quantisation and decoding. The op that multiplies by one without a
+// dense copy is nf4_linear (ops.hpp); the frozen layer holding one is lora's
+// Linear4bit (loragrad/lora/nf4_linear.hpp).
 // Format: docs/nf4.md. In short:
 //
 //   weight (out, in) float32, flattened row-major, cut into blocks of
@@ -26,14 +28,11 @@
 // neighbour (bitsandbytes' binary search picks either, by search path).
 #include <array>
 #include <cstdint>
-#include <memory>
-#include <string>
 #include <vector>
 
-#include "loragrad/nn/layers.hpp"
 #include "loragrad/tensor.hpp"
 
-namespace loragrad::lora {
+namespace loragrad {
 
 // The 16 NF4 values, index = 4-bit code (float32, as in docs/nf4.md and bitsandbytes).
 const std::array<float, 16>& nf4_code_book();
@@ -51,7 +50,7 @@ const std::array<float, 256>& dynamic_map();
 // one float away from (a + b) / 2 computed in float32).
 const std::array<float, 15>& nf4_thresholds();
 
-// A 2-d weight in NF4. Immutable once made (NF4Linear swaps in a new one).
+// A 2-d weight in NF4. Immutable once made (a layer requantising swaps in a new one).
 struct NF4Tensor {
   static constexpr int64_t kNestedBlock = 256;  // absmax values per nested scale
 
@@ -78,6 +77,9 @@ struct NF4Tensor {
   float block_absmax(int64_t b) const;  // the (dequantised) scale of block b
   // out[0 : count] = dequantised flat elements [start, start + count).
   void decode(int64_t start, int64_t count, float* out) const;
+  // The same widened to float64 (the values are float32 ones; for gradient
+  // checks and row-wise float64 maths).
+  void decode(int64_t start, int64_t count, double* out) const;
   Tensor dequantize() const;  // (out, in) float32
 
   // Storage this tensor owns: codes + scales (+ nested scales + offset). The
@@ -92,44 +94,4 @@ struct NF4Tensor {
 // a float tensor), ValueError (bad blocksize, non-finite value).
 NF4Tensor quantize_nf4(const Tensor& w, int64_t blocksize = 64, bool double_quant = true);
 
-// y = x W^T + b with W the NF4 weight (out, in), computed from the packed codes
-// (float32: through the GEMM's packing step; float64: W decoded row block by
-// row block into float64, for gradient checks). Op "nf4_linear": differentiable
-// w.r.t. x and bias, never w.r.t. W. x (..., in), bias (out) or undefined, both
-// of one float dtype.
-Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, const Tensor& bias = Tensor());
-
-// A frozen linear layer with an NF4 weight: bitsandbytes' Linear4bit. Holds
-// only the packed codes, scales and the bias; never a dense copy of the weight.
-// Its only parameter is `bias`, frozen (requires_grad false).
-class NF4Linear : public nn::Module {
- public:
-  // Quantises linear.weight; the bias is copied and frozen.
-  explicit NF4Linear(const nn::Linear& linear, int64_t blocksize = 64, bool double_quant = true);
-  // weight (out, in); bias (out) or undefined.
-  NF4Linear(const Tensor& weight, const Tensor& bias, int64_t blocksize = 64, bool double_quant = true);
-
-  Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
-  std::string type_name() const override { return "Linear4bit"; }
-  std::string extra_repr() const override;
-
-  // (out, in) float32: a dense copy, for merges and PiSSA (forward, backward and
-  // DoRA's row norms work from the codes: nf4_linear, NF4Tensor::decode).
-  Tensor dequantize() const { return qweight_->dequantize(); }
-  // Replace the weight by quant(dense) with the same blocksize and double
-  // quantisation (e.g. dense = dequantize() + B A * scale, merging an adapter).
-  // Returns max |dense - new dequantize()|, the error the requantisation adds.
-  double requantize_from(const Tensor& dense);
-
-  const NF4Tensor& qweight() const { return *qweight_; }
-  const std::shared_ptr<const NF4Tensor>& qweight_ptr() const { return qweight_; }
-  size_t weight_bytes() const { return qweight_->bytes(); }
-
-  int64_t in_features, out_features;
-  Tensor bias;  // (out) or undefined; frozen
-
- private:
-  std::shared_ptr<const NF4Tensor> qweight_;
-};
-
-}  // namespace loragrad::lora
+}  // namespace loragrad

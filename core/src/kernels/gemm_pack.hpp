@@ -1,13 +1,15 @@
 #pragma once
-// Packing interface of the float GEMM (see gemm.hpp for the plain entry point).
+// Packing interface of the float GEMM: private to core/src/kernels/ (the
+// public entry points are in loragrad/kernels/gemm.hpp; tests/test_gemm.cpp
+// checks this contract white-box).
 //
 // The float GEMM never reads A or B directly in its inner loop: it first copies
 // a block of op(A) and a block of op(B) into "panels" laid out exactly in the
 // order the register micro-kernel consumes them. Packing is therefore the only
 // place that knows how B is stored. A weight kept in another format (e.g. NF4
-// blocks plus scales) plugs into the same micro-kernel by implementing
-// BPanelSource::pack, dequantising straight into the panel: no float copy of
-// the whole weight ever exists.
+// blocks plus scales) reaches the same micro-kernel through gemm_decoded_b
+// (gemm.hpp), whose source decodes a few rows at a time and packs them here:
+// no float copy of the whole weight ever exists.
 //
 // ---------------------------------------------------------------------------
 // Packed B panel layout (the contract every BPanelSource must follow)

@@ -1,6 +1,6 @@
 // NF4 quantisation: the code book, the dynamic map of double quantisation,
-// quantize_nf4, and decoding (see loragrad/lora/nf4.hpp and docs/nf4.md).
-#include "loragrad/lora/nf4.hpp"
+// quantize_nf4, and decoding (see loragrad/quant/nf4.hpp and docs/nf4.md).
+#include "loragrad/quant/nf4.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -14,7 +14,7 @@
 
 #include "loragrad/parallel.hpp"
 
-namespace loragrad::lora {
+namespace loragrad {
 
 // ============================ tables ============================
 
@@ -263,6 +263,18 @@ void NF4Tensor::decode(int64_t start, int64_t count, float* out) const {
   }
 }
 
+void NF4Tensor::decode(int64_t start, int64_t count, double* out) const {
+  float chunk[1024];  // decoded in float32 (the format's values), then widened
+  while (count > 0) {
+    const int64_t n = std::min<int64_t>(count, 1024);
+    decode(start, n, chunk);
+    for (int64_t i = 0; i < n; ++i) out[i] = chunk[i];
+    start += n;
+    out += n;
+    count -= n;
+  }
+}
+
 Tensor NF4Tensor::dequantize() const {
   Tensor w = uninitialized(shape, DType::f32);
   float* dst = w.data<float>();  // (out, in)
@@ -284,4 +296,4 @@ size_t NF4Tensor::bytes() const {
   return total;
 }
 
-}  // namespace loragrad::lora
+}  // namespace loragrad

@@ -1,0 +1,62 @@
+#pragma once
+// LinearBase: a linear layer y = x W^T + b, whatever holds W: a dense float
+// parameter (nn::Linear) or packed codes (lora's Linear4bit, NF4). It is all
+// that a wrapper such as LoraLinear asks of the layer it adapts, so the wrapper
+// never needs to know which storage it has. A new storage (int8, bf16)
+// implements this class and registers a factory (lora/base_storage.hpp).
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "loragrad/nn/module.hpp"
+
+namespace loragrad::nn {
+
+class LinearBase : public Module {
+ public:
+  // forward(x) (Module's): (..., in) -> (..., out) = x W^T + b.
+
+  // x W^T (..., out) without the bias, in x's dtype, from W as stored: a dense
+  // weight parameter itself (so gradient reaches it when it is trainable; cast
+  // when its dtype differs from x's), or the codes (a constant).
+  virtual Tensor forward_no_bias(const Tensor& x) const = 0;
+
+  // How W is held: "f32" or "f64" (a dense parameter of that dtype), "nf4".
+  // These are the names lora::make_base() takes.
+  virtual std::string storage() const = 0;
+  // True when W is not a parameter but packed codes: frozen, and dense only on
+  // demand (dense_weight()). Counting parameters or bytes must add it apart.
+  virtual bool quantized() const = 0;
+  // Bytes W occupies as stored (codes and scales for a quantised W; no bias).
+  virtual size_t weight_bytes() const = 0;
+
+  // W (out, in), detached. Dense: the weight itself (shares its storage, no
+  // copy: write through set_weight); quantised: a fresh float32 decode.
+  virtual Tensor dense_weight() const = 0;
+  // Rows [row0, row0 + nrows) of W widened to float64 into out (nrows, in),
+  // with no dense copy of W: for row-wise maths (DoRA's row norms). Called
+  // from OpenMP loops, so it must be thread-safe and must not throw.
+  virtual void weight_rows_f64(int64_t row0, int64_t nrows, double* out) const = 0;
+  // Replaces W by w (out, in), to merge an adapter in or out. Dense: copied in
+  // place (the parameter keeps its identity; its version moves on). Quantised:
+  // quantised again, which rounds (lossy, as merging into a 4-bit base is).
+  virtual void set_weight(const Tensor& w) = 0;
+
+  // What identifies W's current values, for caches of quantities derived from
+  // them (LoraLinear's row norms): the object holding the values (a cache keeps
+  // it weakly) and a counter that moves on every in-place write.
+  struct WeightVersion {
+    std::shared_ptr<const void> owner;  // dense: the weight's Storage; NF4: its (immutable) codes
+    uint64_t version = 0;
+  };
+  virtual WeightVersion weight_version() const = 0;
+
+  int64_t in_features = 0, out_features = 0;
+  Tensor bias;  // (out) or undefined
+
+ protected:
+  LinearBase() = default;
+};
+
+}  // namespace loragrad::nn
