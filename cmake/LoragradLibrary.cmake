@@ -13,8 +13,10 @@
 add_library(loragrad_build_flags INTERFACE)
 target_compile_options(loragrad_build_flags INTERFACE -Wall -Wextra -Wno-unused-parameter
                        $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>  # GCC's AVX-512 headers under xsimd
-                       # A project without a build type (add_subdirectory) would get -O0 kernels, 20x slower.
-                       $<$<CONFIG:>:-O3>)
+                       # Never -O0: a project without a build type (add_subdirectory) would get
+                       # kernels 20x slower, and at -O0 GCC 12 cannot compile xsimd's AVX-512 code
+                       # (some intrinsics are macros there). Debug builds get -Og.
+                       $<$<CONFIG:>:-O3> $<$<CONFIG:Debug>:-Og>)
 # The kernels (GEMM tiles, xsimd loops) are chosen at compile time from the
 # instruction set the library is compiled for, so it is stated here, once:
 # this CPU's (-march=native), or LORAGRAD_ARCH. A build without AVX2 + FMA
