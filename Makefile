@@ -4,8 +4,11 @@ BUILD    ?= build
 JOBS     ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 DEBS     := cmake g++ make pkgconf libxtensor-dev libxsimd-dev libboost-test-dev nlohmann-json3-dev
-# Optional peers for the benchmarks (OpenBLAS, PyTorch); installed by `make bench`.
-BENCH_DEBS := libopenblas-dev python3-torch
+# Optional peers for the benchmarks, installed by `make bench`: OpenBLAS (for
+# gemm_bench, and its OpenMP build, PyTorch's best BLAS here) and PyTorch.
+BENCH_DEBS := libopenblas-dev libopenblas0-openmp python3-torch
+# QUICK=1: one short round of each benchmark (a look, not the spec's protocol).
+QUICK ?=
 
 .PHONY: all deps build test demo bench bench-deps sanitize clean
 
@@ -31,10 +34,17 @@ demo: build
 
 bench-deps:
 	@missing=""; for p in $(BENCH_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
+# The reference workload, loragrad against PyTorch alternating (S and M, LoRA,
+# 1 and 2 threads; bench/run_workload.py), then the GEMM alone.
 bench: bench-deps build
-	./$(BUILD)/bench/gemm_bench
+	/usr/bin/python3 bench/run_workload.py --loragrad ./$(BUILD)/cli/loragrad \
+	  --out $(BUILD)/bench_workload.json $(if $(QUICK),--quick)
+	./$(BUILD)/bench/gemm_bench $(if $(QUICK),--quick)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the whole suite.
 sanitize: deps

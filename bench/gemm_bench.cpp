@@ -1,6 +1,7 @@
 // GEMM throughput: loragrad::kernels::gemm (float) vs a naive triple loop vs
 // OpenBLAS cblas_sgemm, GFLOP/s (median of several timed samples), for 1 and
-// 2 threads. Usage: gemm_bench [--quick] [--threads N]
+// 2 threads, and loragrad's share of the FMA peak measured at the start of
+// each thread count (app/fma_peak.hpp). Usage: gemm_bench [--quick] [--threads N]
 //
 // OpenBLAS is optional (LORAGRAD_BENCH_HAVE_CBLAS, set by CMake when found).
 // Its speed on this machine depends on OPENBLAS_CORETYPE (Debian's build does
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "loragrad/app/args.hpp"
+#include "loragrad/app/fma_peak.hpp"
 #include "loragrad/kernels/gemm.hpp"
 
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
@@ -150,9 +152,10 @@ int main(int argc, char** argv) {
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
     if (set_blas_threads) set_blas_threads(threads);
 #endif
-    std::printf("\nthreads = %d\n", threads);
-    std::printf("%-8s %5s %5s %5s | %9s %9s %9s | %8s | %s\n", "shape", "M", "N", "K", "loragrad",
-                "naive", "OpenBLAS", "lg/BLAS", "max|diff|/K");
+    const loragrad::app::FmaPeak peak = loragrad::app::measure_fma_peak(threads);
+    std::printf("\nthreads = %d; FMA peak %s\n", threads, peak.str().c_str());
+    std::printf("%-8s %5s %5s %5s | %9s %6s %9s %9s | %8s | %s\n", "shape", "M", "N", "K", "loragrad",
+                "%peak", "naive", "OpenBLAS", "lg/BLAS", "max|diff|/K");
     for (const Shape& s : shapes) {
       const int64_t M = s.M, N = s.N, K = s.K;
       std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
@@ -214,9 +217,9 @@ int main(int argc, char** argv) {
         std::snprintf(ratio, sizeof ratio, "%8s", "-");
       else
         std::snprintf(ratio, sizeof ratio, "%7.0f%%", 100.0 * lg / blas);
-      std::printf("%-8s %5lld %5lld %5lld | %s %s %s | %s | %.1e\n", s.label.c_str(),
-                  (long long)M, (long long)N, (long long)K, cell(lg), cell(naive), cell(blas),
-                  ratio, diff);
+      std::printf("%-8s %5lld %5lld %5lld | %s %5.0f%% %s %s | %s | %.1e\n", s.label.c_str(),
+                  (long long)M, (long long)N, (long long)K, cell(lg), 100.0 * lg / peak.gflops,
+                  cell(naive), cell(blas), ratio, diff);
       std::fflush(stdout);
     }
   }

@@ -23,6 +23,7 @@ int run_info(int argc, char** argv);
 int run_eval(int argc, char** argv);
 int run_merge(int argc, char** argv);
 int run_gradcheck(int argc, char** argv);
+int run_bench(int argc, char** argv);
 
 // IOError unless `path` can be written: it must not exist unless force.
 void check_can_write(const std::string& path, bool force, const std::string& flag);

@@ -54,6 +54,7 @@ const Command kCommands[] = {
     {"eval", run_eval, "mean loss on a text file (nats/byte), or dump logits"},
     {"merge", run_merge, "merge an adapter into its base: a standalone checkpoint"},
     {"gradcheck", run_gradcheck, "float64 gradient check of LoRA on a TinyGPT and some ops"},
+    {"bench", run_bench, "time the training step on the reference workload (ms, GFLOP/s, % of FMA peak)"},
     {"version", run_version, "print the version (also: loragrad --version)"},
 };
 

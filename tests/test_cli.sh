@@ -21,7 +21,7 @@ export OMP_NUM_THREADS=1
 
 # ---- --help ----
 ok "loragrad --help" -- "$L" --help
-for c in pretrain finetune generate info eval merge gradcheck; do
+for c in pretrain finetune generate info eval merge gradcheck bench; do
   if ok "$c --help" -- "$L" $c --help; then
     grep -q "usage: loragrad $c" "$T/out" || fail "$c --help: no usage line"
   fi
@@ -250,7 +250,7 @@ err "merge without adapter" 2 "--adapter DIR is required" -- "$L" merge --base "
 err "flag given twice" 2 "given twice" -- "$L" finetune $F --r 2 --r 3
 
 # Each class of mistake, in every subcommand: exit 2, one line.
-for c in pretrain finetune generate info eval merge gradcheck version; do
+for c in pretrain finetune generate info eval merge gradcheck bench version; do
   err "$c: unknown flag" 2 "$c: unknown flag '--bogus'" -- "$L" $c --bogus
   err "$c: a word that is not a flag" 2 "$c: unexpected argument 'extra'" -- "$L" $c extra
   err "$c: a single-dash flag" 2 "$c: unexpected argument '-h'" -- "$L" $c -h
