@@ -1,7 +1,12 @@
 // GEMM throughput: loragrad::kernels::gemm (float) vs a naive triple loop vs
 // OpenBLAS cblas_sgemm, GFLOP/s (median of several timed samples), for 1 and
 // 2 threads, and loragrad's share of the FMA peak measured at the start of
-// each thread count (app/fma_peak.hpp). Usage: gemm_bench [--quick] [--threads N]
+// each thread count (app/fma_peak.hpp). Then the bf16 GEMM
+// (kernels::gemm_bf16, A in float32 rounded while packed, B in bf16: what a
+// linear layer with a frozen bf16 weight runs) with each kernel this CPU has,
+// on the linear layers' shapes of the reference workloads, against the float
+// GEMM on the same (widened) numbers.
+// Usage: gemm_bench [--quick] [--threads N] [--tables fp32|bf16|all]
 //
 // OpenBLAS is optional (LORAGRAD_BENCH_HAVE_CBLAS, set by CMake when found).
 // Its speed on this machine depends on OPENBLAS_CORETYPE (Debian's build does
@@ -25,6 +30,7 @@
 #include "loragrad/app/args.hpp"
 #include "loragrad/app/fma_peak.hpp"
 #include "loragrad/kernels/gemm.hpp"
+#include "loragrad/kernels/gemm_bf16.hpp"
 
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
 #include <cblas.h>
@@ -77,6 +83,93 @@ double median(std::vector<double> v) {
 // next library. Pause between libraries so each is measured alone.
 void let_spinners_sleep() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
 
+// The bf16 table: per shape, the float GEMM and gemm_bf16 with each kernel
+// this CPU runs, samples alternating, GFLOP/s (and % of the float FMA peak:
+// bf16 kernels can exceed 100%) and the ratio to the float GEMM.
+void bf16_rows(bool quick, int samples, double min_seconds, double peak_gflops, std::mt19937& rng) {
+  namespace k = loragrad::kernels;
+  std::vector<std::string> kernels;
+  for (const std::string& name : k::bf16_kernel_names()) {
+    std::string why;
+    if (k::bf16_kernel_supported(name, &why))
+      kernels.push_back(name);
+    else
+      std::printf("bf16 kernel %s: not on this CPU (%s)\n", name.c_str(), why.c_str());
+  }
+  const std::string default_kernel = k::bf16_kernel();
+  // The linear layers of the reference workloads (T = batch x seq = 2048
+  // tokens): forward y = x W^T (x@W^T) and input gradient dx = dy W (x@W).
+  struct Bf16Shape {
+    std::string label;
+    bool trans_b;
+    int64_t M, N, K;
+  };
+  std::vector<Bf16Shape> shapes = {
+      {"M qkvo fwd", true, 2048, 256, 256},   {"M qkvo bwd", false, 2048, 256, 256},
+      {"M fc_in fwd", true, 2048, 1024, 256}, {"M fc_in bwd", false, 2048, 256, 1024},
+      {"M fc_out fwd", true, 2048, 256, 1024}, {"M fc_out bwd", false, 2048, 1024, 256},
+  };
+  if (!quick) {
+    shapes.push_back({"S qkvo fwd", true, 2048, 128, 128});
+    shapes.push_back({"S qkvo bwd", false, 2048, 128, 128});
+    shapes.push_back({"square", true, 1024, 1024, 1024});
+  }
+  std::printf("\nbf16 GEMM (A float32 rounded while packed, B bf16), GFLOP/s, %% of the float FMA peak, "
+              "ratio to the float GEMM; default kernel here: %s\n", default_kernel.c_str());
+  std::printf("%-13s %5s %5s %5s | %9s", "layer", "M", "N", "K", "fp32 gemm");
+  for (const std::string& kn : kernels) std::printf(" | %11s %6s %6s", kn.c_str(), "%peak", "xfp32");
+  std::printf(" | %s\n", "max|bf16-fp32|/K");
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (const Bf16Shape& s : shapes) {
+    const int64_t M = s.M, N = s.N, K = s.K;
+    std::vector<float> A(M * K), Bf(K * N), C(M * N), Cb(M * N);
+    std::vector<loragrad::bf16> B(K * N);
+    for (float& x : A) x = loragrad::round_to_bf16(dist(rng));  // the same numbers for both GEMMs
+    for (int64_t i = 0; i < K * N; ++i) {
+      B[i] = loragrad::to_bf16(dist(rng));
+      Bf[i] = loragrad::to_float(B[i]);
+    }
+    const int64_t ldb = s.trans_b ? K : N;
+    const double flops = 2.0 * M * N * K;
+    auto run_fp32 = [&] { gemm(false, s.trans_b, M, N, K, 1.0f, A.data(), K, Bf.data(), ldb, 0.0f, C.data(), N); };
+    auto run_bf16 = [&] {
+      loragrad::kernels::gemm_bf16(false, s.trans_b, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, Cb.data(), N);
+    };
+    std::vector<double> fp32_rates;
+    std::vector<std::vector<double>> rates(kernels.size());
+    run_fp32();
+    for (const std::string& kn : kernels) {
+      k::set_bf16_kernel(kn);
+      run_bf16();
+    }
+    for (int i = 0; i < samples; ++i) {
+      let_spinners_sleep();
+      fp32_rates.push_back(sample_gflops(flops, min_seconds, run_fp32));
+      for (size_t j = 0; j < kernels.size(); ++j) {
+        k::set_bf16_kernel(kernels[j]);
+        let_spinners_sleep();
+        rates[j].push_back(sample_gflops(flops, min_seconds, run_bf16));
+      }
+    }
+    // Largest difference to the float GEMM over the kernels (the last run of each).
+    double diff = 0.0;
+    for (const std::string& kn : kernels) {
+      k::set_bf16_kernel(kn);
+      run_bf16();
+      for (int64_t i = 0; i < M * N; ++i) diff = std::max(diff, double(std::fabs(C[i] - Cb[i])));
+    }
+    const double f = median(fp32_rates);
+    std::printf("%-13s %5lld %5lld %5lld | %9.1f", s.label.c_str(), (long long)M, (long long)N, (long long)K, f);
+    for (size_t j = 0; j < kernels.size(); ++j) {
+      const double r = median(rates[j]);
+      std::printf(" | %11.1f %5.0f%% %5.2fx", r, 100.0 * r / peak_gflops, r / f);
+    }
+    std::printf(" | %.1e\n", diff / double(K));
+    std::fflush(stdout);
+  }
+  k::set_bf16_kernel(default_kernel);
+}
+
 using SetThreadsFn = void (*)(int);
 using CoreNameFn = char* (*)();
 
@@ -86,12 +179,19 @@ int main(int argc, char** argv) {
   loragrad::app::Args a("gemm_bench", "loragrad's float GEMM against a naive loop and OpenBLAS cblas_sgemm.", "");
   a.flag("--quick", "fewer shapes and repetitions");
   a.option("--threads", "N", "one thread count (default: 1 and 2)");
+  a.option("--tables", "WHICH", "fp32 (float GEMM vs naive vs OpenBLAS), bf16 (bf16 kernels vs float GEMM) or all", "all");
   bool quick = false;
+  bool fp32_table = true, bf16_table = true;
   std::vector<int> thread_counts = {1, 2};
   try {
     if (!a.parse(argc, argv, 1)) return 0;
     quick = a.is_set("--quick");
     if (a.given("--threads")) thread_counts = {static_cast<int>(a.integer("--threads", 1, 1024))};
+    const std::string tables = a.str("--tables");
+    if (tables != "fp32" && tables != "bf16" && tables != "all")
+      throw loragrad::app::UsageError("gemm_bench: --tables must be fp32, bf16 or all, got '" + tables + "'");
+    fp32_table = tables != "bf16";
+    bf16_table = tables != "fp32";
   } catch (const loragrad::app::UsageError& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 2;
@@ -154,9 +254,10 @@ int main(int argc, char** argv) {
 #endif
     const loragrad::app::FmaPeak peak = loragrad::app::measure_fma_peak(threads);
     std::printf("\nthreads = %d; FMA peak %s\n", threads, peak.str().c_str());
-    std::printf("%-8s %5s %5s %5s | %9s %6s %9s %9s | %8s | %s\n", "shape", "M", "N", "K", "loragrad",
-                "%peak", "naive", "OpenBLAS", "lg/BLAS", "max|diff|/K");
-    for (const Shape& s : shapes) {
+    if (fp32_table)
+      std::printf("%-8s %5s %5s %5s | %9s %6s %9s %9s | %8s | %s\n", "shape", "M", "N", "K", "loragrad",
+                  "%peak", "naive", "OpenBLAS", "lg/BLAS", "max|diff|/K");
+    for (const Shape& s : fp32_table ? shapes : std::vector<Shape>{}) {
       const int64_t M = s.M, N = s.N, K = s.K;
       std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
       for (float& x : A) x = dist(rng);
@@ -222,6 +323,7 @@ int main(int argc, char** argv) {
                   cell(naive), cell(blas), ratio, diff);
       std::fflush(stdout);
     }
+    if (bf16_table) bf16_rows(quick, samples, min_seconds, peak.gflops, rng);
   }
   return 0;
 }

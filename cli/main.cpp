@@ -21,6 +21,7 @@
 #include "common.hpp"
 #include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"
+#include "loragrad/kernels/gemm_bf16.hpp"
 #include "loragrad/kernels/isa.hpp"
 #include "loragrad/version.hpp"
 
@@ -31,12 +32,19 @@ using namespace loragrad::cli;
 
 namespace {
 
-// loragrad version (also loragrad --version): "loragrad X.Y.Z".
+// loragrad version (also loragrad --version): "loragrad X.Y.Z", the
+// instruction set the kernels were compiled for, and the bf16 GEMM kernel this
+// CPU gets (or LORAGRAD_BF16_KERNEL names).
 int run_version(int argc, char** argv) {
-  Args a("version", "Print the version: \"loragrad X.Y.Z\", then the instruction set of the kernels (also: loragrad --version).");
+  Args a("version",
+         "Print the version: \"loragrad X.Y.Z\", then the instruction set of the kernels and the bf16 GEMM "
+         "kernel this CPU runs (amx, avx512_bf16 or fp32; LORAGRAD_BF16_KERNEL overrides it) (also: loragrad --version).");
   if (!a.parse(argc, argv)) return 0;
+  // First, so that a bad LORAGRAD_BF16_KERNEL fails before anything is printed.
+  const std::string bf16 = loragrad::kernels::bf16_kernel();
   std::cout << "loragrad " << LORAGRAD_VERSION << "\n";
   std::cout << "kernels: " << loragrad::kernels::compiled_isa() << "\n";
+  std::cout << "bf16 kernel: " << bf16 << "\n";
   return 0;
 }
 

@@ -31,10 +31,18 @@ done
 for v in --version version; do
   if ok "loragrad $v" -- "$L" $v; then
     head -1 "$T/out" | grep -q '^loragrad [0-9][0-9]*\.[0-9][0-9]*\.[0-9][0-9]*$' &&
-      sed -n 2p "$T/out" | grep -Eq '^kernels: (avx512f|avx2\+fma|avx2|sse2)$' && [ "$(wc -l <"$T/out")" -eq 2 ] ||
-      fail "loragrad $v: expected 'loragrad X.Y.Z' then 'kernels: ISA', got: $(cat "$T/out")"
+      sed -n 2p "$T/out" | grep -Eq '^kernels: (avx512f|avx2\+fma|avx2|sse2)$' &&
+      sed -n 3p "$T/out" | grep -Eq '^bf16 kernel: (amx|avx512_bf16|fp32)$' && [ "$(wc -l <"$T/out")" -eq 3 ] ||
+      fail "loragrad $v: expected 'loragrad X.Y.Z', 'kernels: ISA', 'bf16 kernel: NAME', got: $(cat "$T/out")"
   fi
 done
+# The bf16 kernel can be forced (fp32 runs everywhere); an unknown one is an error, before any output.
+if ok "LORAGRAD_BF16_KERNEL=fp32 loragrad --version" -- env LORAGRAD_BF16_KERNEL=fp32 "$L" --version; then
+  sed -n 3p "$T/out" | grep -qx 'bf16 kernel: fp32' || fail "LORAGRAD_BF16_KERNEL=fp32: got: $(cat "$T/out")"
+fi
+err "LORAGRAD_BF16_KERNEL unknown" 1 "LORAGRAD_BF16_KERNEL: unknown bf16 kernel 'avx9000'" -- \
+  env LORAGRAD_BF16_KERNEL=avx9000 "$L" --version
+[ -s "$T/out" ] && fail "LORAGRAD_BF16_KERNEL unknown: printed to stdout: $(cat "$T/out")"
 
 # info --json against info's table. $1: what, $2: the table, $3: the JSON.
 # The JSON is dumped with an indent of 2: top-level keys at 2 spaces, each
