@@ -43,6 +43,13 @@ fi
 err "LORAGRAD_BF16_KERNEL unknown" 1 "LORAGRAD_BF16_KERNEL: unknown bf16 kernel 'avx9000'" -- \
   env LORAGRAD_BF16_KERNEL=avx9000 "$L" --version
 [ -s "$T/out" ] && fail "LORAGRAD_BF16_KERNEL unknown: printed to stdout: $(cat "$T/out")"
+# As on a CPU without them: the default falls back to fp32, and forcing one is an error that says why.
+if ok "LORAGRAD_BF16_DISABLE=amx,avx512_bf16 loragrad --version" -- \
+  env LORAGRAD_BF16_DISABLE=amx,avx512_bf16 "$L" --version; then
+  sed -n 3p "$T/out" | grep -qx 'bf16 kernel: fp32' || fail "LORAGRAD_BF16_DISABLE: got: $(cat "$T/out")"
+fi
+err "LORAGRAD_BF16_KERNEL=amx without AMX" 1 "bf16 kernel 'amx' cannot run here: disabled by LORAGRAD_BF16_DISABLE" -- \
+  env LORAGRAD_BF16_DISABLE=amx LORAGRAD_BF16_KERNEL=amx "$L" --version
 
 # info --json against info's table. $1: what, $2: the table, $3: the JSON.
 # The JSON is dumped with an indent of 2: top-level keys at 2 spaces, each

@@ -127,6 +127,17 @@ CpuSupport detect() {
   s.why_not[kAmx] = "not an x86-64 build";
   s.why_not[kAvx512Bf16] = "not an x86-64 build";
 #endif
+  // LORAGRAD_BF16_DISABLE=amx,avx512_bf16: those kernels count as missing,
+  // exactly as on a CPU without them (the default skips them, forcing one
+  // throws), so that path can be run, and tested, on any machine.
+  if (const char* off = std::getenv("LORAGRAD_BF16_DISABLE")) {
+    const std::string list = std::string(",") + off + ",";
+    for (int k : {kAmx, kAvx512Bf16})
+      if (list.find(std::string(",") + kNames[k] + ",") != std::string::npos) {
+        s.ok[k] = false;
+        s.why_not[k] = "disabled by LORAGRAD_BF16_DISABLE";
+      }
+  }
   return s;
 }
 

@@ -27,7 +27,10 @@
 // the register state):
 //   "amx"          AMX-BF16 tiles (Intel Sapphire / Emerald Rapids and later);
 //                  the process asks Linux for the tile state once
-//                  (arch_prctl(ARCH_REQ_XCOMP_PERM)); a refusal means no AMX
+//                  (arch_prctl(ARCH_REQ_XCOMP_PERM)); a refusal means no AMX.
+//                  Once granted, signal frames carry the 8 KiB tile state: a
+//                  program that runs signal handlers on its own sigaltstack
+//                  needs one of at least sysconf(_SC_MINSIGSTKSZ) bytes
 //   "avx512_bf16"  vdpbf16ps; the default on AMD (Zen 4: twice the flops of
 //                  a float FMA). Intel cores have it too, but issue it at a
 //                  quarter of the FMA rate (half the float32 GEMM's speed
@@ -46,6 +49,9 @@
 // The environment variable LORAGRAD_BF16_KERNEL=amx|avx512_bf16|fp32 (read at
 // the first call) or set_bf16_kernel() picks a kernel instead; asking for one
 // this CPU cannot run throws loragrad::ValueError, saying why.
+// LORAGRAD_BF16_DISABLE=amx,avx512_bf16 (a comma-separated list, read once)
+// makes those kernels count as missing, as on a CPU without them: how the
+// tests run the other CPUs' paths (fp32 cannot be disabled).
 #include <cstdint>
 #include <string>
 #include <vector>
