@@ -397,10 +397,13 @@ Tensor LoraLinear::forward(const Tensor& x) {
   nn::Dropout& drop = *lora_dropout->get<nn::Dropout>(active_);
   const bool dropping = drop.is_training() && drop.p > 0;
 
-  Tensor y = base_layer->forward(x);              // (..., out) = W0 x + b
   const Tensor xd = dropping ? drop.forward(x) : x;  // (..., in)
-  const Tensor lora = linear(linear(xd, A), B);   // (..., out) = B (A x_d); B A is never formed
-  if (!ad.opts.use_dora) return add(y, lora * s);
+  // LoRA: W0 x + b + s B (A x_d) as one op where the base storage has one
+  // (lora_linear): the GEMM accumulates the adapter term into the base output.
+  if (!ad.opts.use_dora) return base_layer->forward_with_lora(x, dropping ? xd : Tensor(), A, B, s);
+
+  Tensor y = base_layer->forward(x);             // (..., out) = W0 x + b
+  const Tensor lora = linear(linear(xd, A), B);  // (..., out) = B (A x_d); B A is never formed
 
   // DoRA. n is recomputed from the current W0, A, B each call but detached, so
   // no gradient reaches W0, A or B through it (PEFT: weight_norm.detach()).

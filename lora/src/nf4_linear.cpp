@@ -31,6 +31,14 @@ Tensor NF4Linear::forward(const Tensor& x) { return nf4_linear(x, qweight_, bias
 
 Tensor NF4Linear::forward_no_bias(const Tensor& x) const { return nf4_linear(x, qweight_); }
 
+Tensor NF4Linear::forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                                    double scale) {
+  const DType dt = x.dtype();
+  if (a.dtype() != dt || b.dtype() != dt || (bias.defined() && bias.dtype() != dt))
+    return LinearBase::forward_with_lora(x, x_lora, a, b, scale);  // refused there, with nf4_linear's message
+  return lora_linear(x, qweight_, bias, a, b, scale, x_lora);
+}
+
 std::string NF4Linear::extra_repr() const {
   std::ostringstream os;
   os << "in_features=" << in_features << ", out_features=" << out_features

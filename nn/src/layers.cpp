@@ -28,6 +28,14 @@ static std::string format_double(double v) {
   return os.str();
 }
 
+// ============================ LinearBase ============================
+
+Tensor LinearBase::forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                                     double scale) {
+  const Tensor lora = linear(linear(x_lora.defined() ? x_lora : x, a), b);  // (..., out) = B (A x_l)
+  return add(forward(x), lora * scale);
+}
+
 // ============================ Linear ============================
 
 Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen, DType dt) {
@@ -63,6 +71,15 @@ Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
 
 Tensor Linear::forward_no_bias(const Tensor& x) const {
   return linear(x, weight.dtype() == x.dtype() ? weight : weight.to(x.dtype()));
+}
+
+Tensor Linear::forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                                 double scale) {
+  // Mixed dtypes (refused by linear with its own message): the composed path says so.
+  const DType dt = x.dtype();
+  if (weight.dtype() != dt || a.dtype() != dt || b.dtype() != dt || (bias.defined() && bias.dtype() != dt))
+    return LinearBase::forward_with_lora(x, x_lora, a, b, scale);
+  return lora_linear(x, weight, bias, a, b, scale, x_lora);
 }
 
 std::string Linear::storage() const {

@@ -33,6 +33,7 @@ void add_reduce_shape_entries(OpTable& table);   // sum mean max reshape transpo
 void add_nn_entries(OpTable& table);             // softmax log_softmax cross_entropy layer_norm causal_attention
 void add_matmul_entries(OpTable& table);         // matmul matmul_nt matmul_tn linear
 void add_nf4_entries(OpTable& table);            // nf4_linear
+void add_lora_linear_entries(OpTable& table);    // lora_linear (dense and NF4 base)
 
 const OpTable& op_table();
 

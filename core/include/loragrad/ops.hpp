@@ -81,6 +81,20 @@ struct NF4Tensor;  // loragrad/quant/nf4.hpp
 // constant). x and bias (or undefined) of one float dtype.
 Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, const Tensor& bias = Tensor());
 
+// ---- a linear layer with a LoRA adapter (ops/lora_linear.cpp) ----
+// y = x W^T + bias + scale * (x_lora A^T) B^T  ->  (..., out), one op:
+//   x (..., in), W (out, in), bias (out) or undefined, A (r, in), B (out, r),
+//   x_lora the adapter's input, of x's shape (x after LoRA dropout), or
+//   undefined for x itself.
+// The GEMM accumulates the adapter term into the base output (alpha = scale,
+// beta = 1) and, in backward, dh A into g W: no scaled copy, no full-size sum.
+// Differentiable w.r.t. every tensor argument. All of one float dtype.
+Tensor lora_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& a, const Tensor& b,
+                   double scale, const Tensor& x_lora = Tensor());
+// The same over an NF4 base weight (out, in), a constant as in nf4_linear.
+Tensor lora_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& weight, const Tensor& bias,
+                   const Tensor& a, const Tensor& b, double scale, const Tensor& x_lora = Tensor());
+
 // ---- shape and indexing (ops/shape.cpp, ops/index.cpp) ----
 Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1; shares storage
 Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);

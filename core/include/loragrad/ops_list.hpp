@@ -22,7 +22,9 @@ namespace loragrad {
   /* fused neural-network ops */                                               \
   X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention) \
   /* quantised weights (core/src/ops/nf4_linear.cpp) */                       \
-  X(nf4_linear)
+  X(nf4_linear)                                                                \
+  /* a linear layer with a LoRA adapter (core/src/ops/lora_linear.cpp) */     \
+  X(lora_linear)
 
 enum class Op {
 #define LORAGRAD_OP_ENUM(name) name,

@@ -18,6 +18,7 @@
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/quant/nf4.hpp"
+#include "nf4_gemm.hpp"
 
 namespace loragrad {
 
@@ -36,8 +37,12 @@ kernels::DecodeRows decode_rows_of(const NF4Tensor& w) {
 // float64 works on row blocks of W of about this many elements.
 int64_t f64_rows_per_block(const NF4Tensor& w) { return std::max<int64_t>(1, (int64_t(1) << 16) / w.cols()); }
 
+}  // namespace
+
+namespace detail {
+
 // y (rows, out) = x (rows, in) W^T + y  (y holds the bias or zeros)
-void forward_into(const Tensor& x2, const NF4Tensor& w, Tensor& y) {
+void nf4_forward_into(const Tensor& x2, const NF4Tensor& w, Tensor& y) {
   const int64_t rows = x2.size(0), in = w.cols(), out = w.rows();
   if (x2.dtype() == DType::f32) {
     kernels::gemm_decoded_b(false, /*trans_b=*/true, rows, out, in, 1.0f, x2.data<float>(), in, decode_rows_of(w),
@@ -56,7 +61,7 @@ void forward_into(const Tensor& x2, const NF4Tensor& w, Tensor& y) {
 }
 
 // dx (rows, in) = g (rows, out) W
-Tensor input_grad(const Tensor& g2, const NF4Tensor& w) {
+Tensor nf4_input_grad(const Tensor& g2, const NF4Tensor& w) {
   const int64_t rows = g2.size(0), in = w.cols(), out = w.rows();
   Tensor dx = uninitialized({rows, in}, g2.dtype());
   if (g2.dtype() == DType::f32) {
@@ -76,7 +81,7 @@ Tensor input_grad(const Tensor& g2, const NF4Tensor& w) {
   return dx;
 }
 
-}  // namespace
+}  // namespace detail
 
 Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, const Tensor& bias) {
   check_defined(x, "nf4_linear");
@@ -106,13 +111,13 @@ Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, co
       std::fill(py, py + rows * out, T(0));
     }
   });
-  forward_into(x2, *w, y);
+  detail::nf4_forward_into(x2, *w, y);
   y = reshape(y, ys);
 
   return record(Op::nf4_linear, y, {x, bias}, [w, hx = x.shape()](const Tensor& g, const NeedsGrad& need) -> Grads {
     const Tensor g2 = reshape(g, {-1, g.size(-1)});  // (rows, out)
     Grads gr(2);
-    if (need[0]) gr[0] = reshape(input_grad(g2, *w), hx);  // (..., in)
+    if (need[0]) gr[0] = reshape(detail::nf4_input_grad(g2, *w), hx);  // (..., in)
     if (need[1]) gr[1] = sum(g2, {0});                     // (out)
     return gr;
   });

@@ -28,6 +28,8 @@ class NF4Linear : public nn::LinearBase {
 
   // ---- nn::LinearBase ----
   Tensor forward_no_bias(const Tensor& x) const override;  // nf4_linear on the codes
+  Tensor forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                           double scale) override;  // lora_linear on the codes
   std::string storage() const override { return "nf4"; }
   bool quantized() const override { return true; }
   size_t weight_bytes() const override { return qweight_->bytes(); }

@@ -30,6 +30,8 @@ class Linear : public LinearBase {
 
   // ---- LinearBase: W is `weight` itself ----
   Tensor forward_no_bias(const Tensor& x) const override;  // the live weight, cast to x's dtype
+  Tensor forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                           double scale) override;  // lora_linear on the live weight
   std::string storage() const override;                    // the weight's dtype: "f32" or "f64"
   bool quantized() const override { return false; }
   size_t weight_bytes() const override { return weight.nbytes(); }

@@ -22,6 +22,15 @@ class LinearBase : public Module {
   // when its dtype differs from x's), or the codes (a constant).
   virtual Tensor forward_no_bias(const Tensor& x) const = 0;
 
+  // forward(x) + scale * (x_lora A^T) B^T: this layer with a LoRA adapter
+  // A (r, in), B (out, r) on top, whose input x_lora is x after LoRA dropout
+  // (undefined: x itself). The storages here (Linear, NF4Linear) compute it as
+  // one op (lora_linear, ops.hpp), where the GEMM accumulates the adapter term
+  // into the base output; this default composes ops (a full-size product,
+  // its scaled copy and the sum), for a storage without such an op.
+  virtual Tensor forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
+                                   double scale);
+
   // How W is held: "f32" or "f64" (a dense parameter of that dtype), "nf4".
   // These are the names lora::make_base() takes.
   virtual std::string storage() const = 0;
