@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "data_sources.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/error.hpp"
@@ -55,9 +56,9 @@ std::vector<optim::ParamGroup> decay_groups(const nn::Module& model, double lr, 
 }
 
 void add_training_flags(Args& a, const std::string& steps, const std::string& weight_decay) {
-  a.option("--data", "FILE", "train on this text file (any bytes)");
-  a.option("--val-data", "FILE", "validate on this file (default: the last --val-fraction of the training text)");
-  a.option("--val-fraction", "X", "held-out share of the training text, in [0, 0.5]", "0.1");
+  a.option("--data", "FILE", "train on this text file (any bytes), or FILE.jsonl: {\"prompt\", \"response\"} lines");
+  a.option("--val-data", "FILE", "validate on this file (default: the last --val-fraction of the training data)");
+  a.option("--val-fraction", "X", "held-out share of the training text (of a .jsonl's examples), in [0, 0.5]", "0.1");
   a.option("--steps", "N", "optimizer steps", steps);
   a.option("--batch", "N", "sequences per micro-batch", "8");
   a.option("--grad-accum", "K", "micro-batches per step (a K-times larger batch)", "1");
@@ -102,13 +103,15 @@ double learning_rate(const Args& a, const std::string& method) {
   return lr;
 }
 
-// The training text and the held-out text it is measured on.
+// The training data, the held-out data it is measured on, and (finetune
+// --old-data / --old-domain) the old domain whose loss is tracked.
 struct Texts {
-  std::optional<data::ByteDataset> data, val_file;
-  train::TextSource train, val;
+  std::unique_ptr<data::Source> data, val_file, old_data;
+  train::TextSource train, val, old;
 };
 
-Texts training_texts(const Args& a, const std::string& default_domain, uint64_t seed) {
+// old_flags: the command declares --old-data and --old-domain (finetune).
+Texts training_texts(const Args& a, const std::string& default_domain, uint64_t seed, bool old_flags = false) {
   const bool has_data = a.given("--data"), has_domain = a.given("--domain");
   if (has_data && has_domain) throw UsageError("give --data FILE or --domain NAME, not both");
   const bool own_val = a.given("--val-data");
@@ -116,38 +119,58 @@ Texts training_texts(const Args& a, const std::string& default_domain, uint64_t 
   const double fraction = own_val ? 0.0 : a.real("--val-fraction", 0, 0.5);
   Texts t;
   if (has_data) {
-    const std::string path = a.str("--data");
-    check_file(path, "--data");
-    t.data.emplace(data::ByteDataset::from_file(path, fraction));
+    t.data = file_source(a.str("--data"), fraction, "--data");
   } else {
     const std::string name = has_domain ? a.str("--domain") : default_domain;
-    if (name.empty()) throw UsageError("give the training text: --data FILE or --domain stories|recipes|code");
-    if (name != "stories" && name != "recipes" && name != "code")
-      throw UsageError("--domain must be stories, recipes or code, got '" + name + "'");
-    t.data.emplace(data::builtin_corpus(data::parse_domain(name), size_t{512} << 10, seed), fraction);
+    if (name.empty()) throw UsageError(std::string("give the training text: --data FILE or --domain ") + kDomainNames);
+    t.data = builtin_source(name, seed, fraction, "--domain");
   }
-  t.train = {&*t.data, data::Split::train};
+  t.train = {t.data.get(), data::Split::train};
   if (own_val) {
-    const std::string path = a.str("--val-data");
-    check_file(path, "--val-data");
-    t.val_file.emplace(data::ByteDataset::from_file(path, 0.0));
-    t.val = {&*t.val_file, data::Split::train};
+    t.val_file = file_source(a.str("--val-data"), 0.0, "--val-data");
+    t.val = {t.val_file.get(), data::Split::train};
   } else if (fraction > 0) {
-    t.val = {&*t.data, data::Split::validation};
+    t.val = {t.data.get(), data::Split::validation};
+  }
+  // The old domain: a whole file, or the held-out tenth of a built-in one
+  // (text the base was not trained on when it was pretrained with this --seed).
+  if (!old_flags) return t;
+  if (a.given("--old-data") && a.given("--old-domain"))
+    throw UsageError("give --old-data FILE or --old-domain NAME, not both");
+  if (a.given("--old-data")) {
+    t.old_data = file_source(a.str("--old-data"), 0.0, "--old-data");
+    t.old = {t.old_data.get(), data::Split::train};
+  } else if (a.given("--old-domain")) {
+    t.old_data = builtin_source(a.str("--old-domain"), seed, 0.1, "--old-domain");
+    t.old = {t.old_data.get(), data::Split::validation};
   }
   return t;
 }
 
 void print_texts(const Texts& t, int64_t seq) {
-  std::cout << "text: " << t.train.size() << " training bytes";
-  if (t.val.data) {
-    const double unigram =
-        data::unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
-    std::cout << ", " << t.val.size() << " validation bytes; unigram baseline " << fixed(unigram, 3)
-              << " nats/byte on them";
-    if (t.val.size() < seq + 1) std::cout << " (too short for one --seq window: no validation loss)";
+  if (instructions_of(t.train.data) || instructions_of(t.val.data)) {
+    // Instruction data: counted in examples; the loss (and its baseline) is over response bytes.
+    std::cout << "data (seq " << seq << "): train " << describe(*t.train.data, t.train.split, seq);
+    if (t.val.data) {
+      const double unigram =
+          data::unigram_cross_entropy(t.train.data->scored_bytes(t.train.split), t.val.data->scored_bytes(t.val.split));
+      std::cout << "; validation " << describe(*t.val.data, t.val.split, seq) << "; unigram baseline "
+                << fixed(unigram, 3) << " nats/byte on its response bytes";
+      if (!t.val.data->cannot_sample(t.val.split, seq).empty()) std::cout << " (nothing to score: no validation loss)";
+    }
+    std::cout << "\n";
+  } else {
+    std::cout << "text: " << t.train.size() << " training bytes";
+    if (t.val.data) {
+      const double unigram =
+          data::unigram_cross_entropy(t.train.data->scored_bytes(t.train.split), t.val.data->scored_bytes(t.val.split));
+      std::cout << ", " << t.val.size() << " validation bytes; unigram baseline " << fixed(unigram, 3)
+                << " nats/byte on them";
+      if (t.val.size() < seq + 1) std::cout << " (too short for one --seq window: no validation loss)";
+    }
+    std::cout << "\n";
   }
-  std::cout << "\n";
+  if (t.old.data) std::cout << "old domain: " << describe(*t.old.data, t.old.split, seq) << ", its loss tracked at each validation\n";
 }
 
 void report(const train::TrainResult& r, const Texts& t) {
@@ -155,7 +178,7 @@ void report(const train::TrainResult& r, const Texts& t) {
             << fixed(r.tokens_per_s / 1000.0, 1) << "k tokens/s\n";
   if (!std::isnan(r.final_val_loss)) {
     const double unigram =
-        data::unigram_cross_entropy(t.train.data->bytes(t.train.split), t.val.data->bytes(t.val.split));
+        data::unigram_cross_entropy(t.train.data->scored_bytes(t.train.split), t.val.data->scored_bytes(t.val.split));
     std::cout << "validation loss " << fixed(r.val_loss_before, 4) << " before, " << fixed(r.final_val_loss, 4)
               << " after (best " << fixed(r.best_val_loss, 4) << " at step " << r.best_step << "); unigram "
               << fixed(unigram, 4) << " nats/byte\n";
@@ -165,6 +188,10 @@ void report(const train::TrainResult& r, const Texts& t) {
   } else {
     std::cout << "final training loss " << fixed(r.last_train_loss, 4) << " nats/byte\n";
   }
+  if (!std::isnan(r.final_old_loss))
+    std::cout << "old-domain loss " << fixed(r.old_loss_before, 4) << " before, " << fixed(r.final_old_loss, 4)
+              << " after: forgetting " << (r.final_old_loss >= r.old_loss_before ? "+" : "")
+              << fixed(r.final_old_loss - r.old_loss_before, 4) << " nats/byte\n";
   if (r.stopped_early) std::cout << "stopped early at step " << r.steps_done << "\n";
   std::cout << "memory (measured tensor bytes): " << r.memory.str() << "; peak RSS "
             << format_bytes(static_cast<double>(memory::peak_rss_bytes())) << "\n";
@@ -396,8 +423,10 @@ int run_finetune(int argc, char** argv) {
   a.repeatable("--alpha-pattern", "REGEX=X", "alpha of the modules whose path matches REGEX (see below)");
   a.option("--adapter-name", "NAME", "the adapter's name; another than default is saved in OUT/NAME/", "default");
   a.option("--loraplus-ratio", "X", "LoRA+: lr of B / lr of A", "16");
-  a.option("--domain", "NAME", "built-in corpus: stories | recipes | code (instead of --data)");
+  a.option("--domain", "NAME", "built-in data: stories | recipes | code, or recipe-qa (instructions)");
   add_training_flags(a, "100", "0");
+  a.option("--old-data", "FILE", "track the loss on this old-domain file at each validation (metrics.csv old_loss)");
+  a.option("--old-domain", "NAME", "the same for a built-in domain (its held-out tenth), e.g. the base's stories");
   a.option("--seq", "N", "bytes per sequence (at most the model's block size; default: the block size)");
   a.option("--out", "DIR", "adapter directory to write, with metrics.csv and checkpoint-STEP/ (full: a checkpoint file)");
   a.epilog(
@@ -453,7 +482,7 @@ int run_finetune(int argc, char** argv) {
   const double weight_decay = a.real("--weight-decay", 0, 10);
   const std::vector<std::string> targets = a.list("--targets");
   if (!a.given("--data") && !a.given("--domain"))
-    throw UsageError("finetune: give the text to adapt to: --data FILE or --domain stories|recipes|code");
+    throw UsageError(std::string("finetune: give the text to adapt to: --data FILE or --domain ") + kDomainNames);
   const int64_t seq_flag = a.given("--seq") ? a.integer("--seq", 1, 1 << 16) : 0;
   train::TrainConfig tc = trainer_config(a, seq_flag);
   tc.label = label;
@@ -491,7 +520,7 @@ int run_finetune(int argc, char** argv) {
   set_threads(a);
 
   // Every input is read before anything is printed or trained.
-  const Texts texts = training_texts(a, "", tc.seed);
+  const Texts texts = training_texts(a, "", tc.seed, /*old_flags=*/true);
   if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
   check_out(a, out);
   auto model = load_checkpoint(base);
@@ -555,6 +584,7 @@ int run_finetune(int argc, char** argv) {
   }
   print_texts(texts, tc.seq);
   train::Trainer trainer(*model, *opt, texts.train, texts.val, tc, output, identity);
+  if (texts.old.data) trainer.track_old_loss(texts.old);
   if (a.given("--resume")) trainer.resume(a.str("--resume"));
   const train::TrainResult res = trainer.fit();
   report(res, texts);

@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "common.hpp"
+#include "data_sources.hpp"
+#include "scoring.hpp"
 #include "loragrad/autograd.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/lora/combine.hpp"
@@ -41,23 +43,18 @@ Tensor tokens_of(const std::string& text) {
   return from_indices(ids, {1, static_cast<int64_t>(ids.size())});
 }
 
-// Mean cross entropy over every next-byte prediction in the text, in windows
-// of at most block_size bytes (each window starts a fresh context).
-double mean_loss(nn::TinyGPT& model, const std::string& text) {
-  const int64_t block = model.config().block_size;
-  const int64_t n = static_cast<int64_t>(text.size());
-  if (n < 2) throw ValueError("the text must hold at least 2 bytes, it holds " + std::to_string(n));
-  NoGradGuard no_grad;
-  double total = 0;
-  int64_t count = 0;
-  for (int64_t start = 0; start + 1 < n; start += block) {
-    const int64_t t = std::min(block, n - 1 - start);
-    const Tensor x = tokens_of(text.substr(static_cast<size_t>(start), static_cast<size_t>(t)));
-    const Tensor y = tokens_of(text.substr(static_cast<size_t>(start + 1), static_cast<size_t>(t)));
-    total += model.loss(x, y).item() * static_cast<double>(t);
-    count += t;
+// "\n", "\t" and "\\" (backslash escapes) as the bytes they name; any other byte as itself.
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == 'n' || s[i + 1] == 't' || s[i + 1] == '\\')) {
+      out += s[i + 1] == 'n' ? '\n' : s[i + 1] == 't' ? '\t' : '\\';
+      ++i;
+    } else {
+      out += s[i];
+    }
   }
-  return total / static_cast<double>(count);
+  return out;
 }
 
 }  // namespace
@@ -73,9 +70,14 @@ int run_generate(int argc, char** argv) {
   a.option("--top-k", "N", "sample among the k likeliest bytes (0: all)", "40");
   a.option("--seed", "N", "sampling seed", "0");
   a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.option("--stop", "TEXT", "end the text after the first TEXT among the sampled bytes (\\n, \\t, \\\\ escapes)");
   a.flag("--raw", "write the prompt and the sampled bytes exactly as they are, with no newline added");
-  a.epilog("example:\n  loragrad generate --base out/base.safetensors --prompt \"The \" --tokens 200\n"
-           "  loragrad generate --base out/base.safetensors --prompt \"The \" --raw > sample.bin\n");
+  a.epilog("An adapter trained on instruction data (finetune --data FILE.jsonl, --domain recipe-qa) answers a\n"
+           "prompt written in its training format; --stop ends the answer where the training responses ended.\n"
+           "example:\n  loragrad generate --base out/base.safetensors --prompt \"The \" --tokens 200\n"
+           "  loragrad generate --base out/base.safetensors --prompt \"The \" --raw > sample.bin\n"
+           "  loragrad generate --base base.safetensors --adapter qa --prompt $'Q: Do you bake the Warm Apple Pie?\\nA: ' \\\n"
+           "                    --temperature 0 --stop '\\n'\n");
   if (!a.parse(argc, argv)) return 0;
   const std::string prompt = a.str("--prompt");
   if (prompt.empty()) throw UsageError("generate: --prompt must hold at least one byte");
@@ -83,9 +85,14 @@ int run_generate(int argc, char** argv) {
   const double temperature = a.real("--temperature", 0, 1e6);
   const int64_t top_k = a.integer("--top-k", 0, 1 << 16);
   const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 1000000000));
+  const std::string stop = a.given("--stop") ? unescape(a.str("--stop")) : "";
+  if (a.given("--stop") && stop.empty()) throw UsageError("generate: --stop must hold at least one byte");
   set_threads(a);
   auto model = load_model(a);
-  const std::string text = nn::sample_text(*model, prompt, tokens, temperature, top_k, seed);
+  std::string text = nn::sample_text(*model, prompt, tokens, temperature, top_k, seed);
+  // Sampling is sequential, so cutting the text is the same as stopping there.
+  if (!stop.empty())
+    if (const size_t at = text.find(stop, prompt.size()); at != std::string::npos) text.resize(at + stop.size());
   if (a.is_set("--raw")) std::cout.write(text.data(), static_cast<std::streamsize>(text.size()));
   else std::cout << terminal_safe(text) << "\n";
   return 0;
@@ -290,26 +297,83 @@ int run_info(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// A split of data named on eval's command line, and its name for the report.
+struct EvalData {
+  std::unique_ptr<data::Source> source;
+  data::Split split = data::Split::train;
+  std::string name;
+};
+
+// --data FILE [--split S] or --domain NAME (the held-out tenth finetune
+// validates on); file_flag / domain_flag: which pair (new, or --old).
+EvalData eval_data(const Args& a, const std::string& file_flag, const std::string& domain_flag,
+                   const std::string& split, double fraction, uint64_t seed) {
+  EvalData d;
+  if (a.given(file_flag)) {
+    const std::string path = a.str(file_flag);
+    d.source = file_source(path, split == "all" ? 0.0 : fraction, file_flag);
+    d.split = split == "val" ? data::Split::validation : data::Split::train;
+    d.name = path + (split == "all" ? "" : " (--split " + split + ")");
+    const auto* ins = instructions_of(d.source.get());
+    if (ins ? ins->num_examples(d.split) == 0 : d.source->size(d.split) < 2)
+      throw ValueError("--split " + split + " of " + path + " holds " +
+                       (ins ? std::to_string(ins->num_examples(d.split)) + " examples"
+                            : std::to_string(d.source->size(d.split)) + " bytes") +
+                       " (--val-fraction " + a.str("--val-fraction") + "): " +
+                       (ins ? "at least 1 is needed" : "at least 2 are needed to score a prediction"));
+  } else {
+    const std::string name = a.str(domain_flag);
+    d.source = builtin_source(name, seed, 0.1, domain_flag);
+    d.split = data::Split::validation;
+    d.name = "domain " + name + " (held-out tenth, seed " + std::to_string(seed) + ")";
+  }
+  return d;
+}
+
+}  // namespace
+
 int run_eval(int argc, char** argv) {
-  Args a("eval", "Mean loss of a checkpoint (with an adapter when given) on a text file, in nats/byte;\n"
-                 "or, with --dump-logits, the logits for the bytes of --tokens. The text is scored in windows of the\n"
-                 "block size, each starting a fresh context.");
+  Args a("eval", "Mean loss of a checkpoint (with an adapter when given) on a text file, in nats/byte; on\n"
+                 "instruction examples (FILE.jsonl) the mean over their response bytes. With --old, the forgetting\n"
+                 "report: the loss on the new and on an old domain, adapter on and off. Or, with --dump-logits, the\n"
+                 "logits for the bytes of --tokens. A text is scored in windows of the block size, each starting a\n"
+                 "fresh context; an example alone, truncated to the block size + 1 bytes.");
   add_model_flags(a);
-  a.option("--data", "FILE", "text file to score");
+  a.option("--data", "FILE", "text file to score, or FILE.jsonl ({\"prompt\", \"response\"} lines)");
+  a.option("--domain", "NAME", std::string("built-in data instead of --data: ") + kDomainNames);
   a.option("--split", "NAME", "the part of --data to score: train | val | all (see below)", "all");
   a.option("--val-fraction", "X", "with --split train|val: finetune's --val-fraction, in [0, 0.5]", "0.1");
+  a.option("--old", "FILE", "forgetting report: also score this old-domain file (text or .jsonl), adapter on and off");
+  a.option("--old-domain", "NAME", "forgetting report with a built-in old domain (e.g. stories, the base's)");
+  a.option("--seed", "N", "seed of the built-in domains (as given to finetune / pretrain)", "0");
+  a.flag("--json", "print the loss (or the forgetting report) as one JSON document");
   a.option("--dump-logits", "OUT", "write logits (1, t, 256) and tokens (1, t) to this .safetensors file");
   a.option("--tokens", "TEXT", "the input text for --dump-logits");
   a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
   a.flag("--force", "replace an existing --dump-logits file");
-  a.epilog("--split val scores the last --val-fraction of --data's bytes (floor(size * X) of them), the part\n"
-           "finetune --data FILE --val-fraction X held out and validated on; --split train the rest, what it\n"
-           "trained on; --split all (the default) every byte.\n"
-           "example:\n  loragrad eval --base base.safetensors --adapter my_adapter --data notes.txt --split val\n");
+  a.epilog("--split val scores the last --val-fraction of --data's bytes (floor(size * X) of them; of a .jsonl's\n"
+           "examples), the part finetune --data FILE --val-fraction X held out and validated on; --split train the\n"
+           "rest, what it trained on; --split all (the default) everything. --domain NAME (and --old-domain) score\n"
+           "the held-out tenth of the built-in data, what finetune --domain NAME --seed N validates on.\n"
+           "Forgetting report: 'off' is the --base checkpoint alone (no adapter, no modules_to_save, no NF4);\n"
+           "learning = new loss off - on, forgetting = old loss on - off (both > 0 as usual).\n"
+           "example:\n  loragrad eval --base base.safetensors --adapter my_adapter --data notes.txt --split val\n"
+           "  loragrad eval --base base.safetensors --adapter qa --domain recipe-qa --old-domain stories\n");
   if (!a.parse(argc, argv)) return 0;
   const bool dump = a.given("--dump-logits");
+  const bool has_new = a.given("--data") || a.given("--domain");
+  const bool has_old = a.given("--old") || a.given("--old-domain");
   if (dump != a.given("--tokens")) throw UsageError("eval: --dump-logits OUT and --tokens TEXT go together");
-  if (!dump && !a.given("--data")) throw UsageError("eval: give --data FILE (or --dump-logits OUT --tokens TEXT)");
+  if (a.given("--data") && a.given("--domain")) throw UsageError("eval: give --data FILE or --domain NAME, not both");
+  if (a.given("--old") && a.given("--old-domain")) throw UsageError("eval: give --old FILE or --old-domain NAME, not both");
+  if (has_old && !has_new) throw UsageError("eval: --old needs the new domain too: --data FILE or --domain NAME");
+  if (!dump && !has_new)
+    throw UsageError("eval: give --data FILE or --domain NAME (or --dump-logits OUT --tokens TEXT)");
+  if (has_old && !a.given("--adapter"))
+    throw UsageError("eval: the forgetting report (--old) compares an adapter on and off: give --adapter DIR");
+  if (a.given("--json") && !has_new) throw UsageError("eval: --json is for the losses (--data or --domain)");
   const std::string split = a.str("--split");
   if (split != "train" && split != "val" && split != "all")
     throw UsageError("eval: --split must be train, val or all, got '" + split + "'");
@@ -317,6 +381,7 @@ int run_eval(int argc, char** argv) {
   if (a.given("--val-fraction") && split == "all")
     throw UsageError("eval: --val-fraction is for --split train or val (--split all scores every byte)");
   const double fraction = split == "all" ? 0.0 : a.real("--val-fraction", 0, 0.5);
+  const uint64_t seed = static_cast<uint64_t>(a.integer("--seed", 0, 1000000000));
   // Every command-line mistake before any work or output.
   (void)a.str("--base");  // required: a UsageError when absent
   const std::string out = dump ? a.str("--dump-logits") : "";
@@ -329,30 +394,45 @@ int run_eval(int argc, char** argv) {
                      std::to_string(model->config().block_size));
   if (dump) check_can_write(out, a.is_set("--force"), "--dump-logits");
 
-  if (a.given("--data")) {
-    const std::string path = a.str("--data");
-    check_file(path, "--data");
-    // The split rule of finetune --data FILE --val-fraction X: ByteDataset's
-    // validation part is the last floor(size * X) bytes, training the rest.
-    const data::ByteDataset data = data::ByteDataset::from_file(path, fraction);
-    const std::string text(split == "all"   ? std::string_view(data.text())
-                           : split == "val" ? data.bytes(data::Split::validation)
-                                            : data.bytes(data::Split::train));
-    if (text.size() < 2)
-      throw ValueError("--split " + split + " of " + path + " holds " + std::to_string(text.size()) +
-                       " bytes (--val-fraction " + a.str("--val-fraction") + " of " +
-                       std::to_string(data.text().size()) + "): at least 2 are needed to score a prediction");
-    const double loss = mean_loss(*model, text);
-    if (!std::isfinite(loss))
-      throw ValueError("the loss is " + std::to_string(loss) + ": the model's logits are not finite (NaN/Inf "
-                       "or huge values in the weights, or an adapter scale lora_alpha / r that overflows)");
-    std::cout << "loss " << fixed(loss, 6) << " nats/byte over " << text.size() - 1 << " predictions ("
-              << fixed(loss / std::log(2.0), 4) << " bits/byte)\n";
-    if (split != "all") {
-      const size_t n = data.text().size(), first = split == "val" ? n - text.size() : 0;
-      std::cout << "split " << split << ": bytes [" << first << ", " << first + text.size() << ") of " << n
-                << " (--val-fraction " << a.str("--val-fraction") << ": the " << (split == "val" ? "last " : "first ")
-                << text.size() << " bytes)\n";
+  if (has_new) {
+    const EvalData fresh = eval_data(a, "--data", "--domain", split, fraction, seed);
+    const Score on = score(*model, *fresh.source, fresh.split);
+    const auto* ins = instructions_of(fresh.source.get());
+    if (has_old) {
+      const EvalData old = eval_data(a, "--old", "--old-domain", "all", 0.0, seed);
+      ForgettingReport rep;
+      rep.new_name = fresh.name;
+      rep.old_name = old.name;
+      rep.new_on = on;
+      rep.old_on = score(*model, *old.source, old.split);
+      auto base = load_checkpoint(a.str("--base"));  // adapter off: the checkpoint as it was
+      rep.new_off = score(*base, *fresh.source, fresh.split);
+      rep.old_off = score(*base, *old.source, old.split);
+      if (a.is_set("--json")) std::cout << rep.to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      else std::cout << rep.table();
+    } else if (a.is_set("--json")) {
+      nlohmann::ordered_json j{{"data", fresh.name}, {"loss", on.loss}, {"bytes_scored", on.predictions}};
+      std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    } else {
+      std::cout << "loss " << fixed(on.loss, 6) << " nats/byte over " << on.predictions
+                << (ins ? " response bytes" : " predictions") << " (" << fixed(on.loss / std::log(2.0), 4)
+                << " bits/byte)\n";
+      if (ins) std::cout << "examples: " << ins->stats(fresh.split, model->config().block_size).str() << "\n";
+      if (split != "all" && a.given("--data")) {
+        if (ins) {
+          const int64_t n = static_cast<int64_t>(ins->examples().size()), k = ins->num_examples(fresh.split);
+          const int64_t first = split == "val" ? n - k : 0;
+          std::cout << "split " << split << ": examples [" << first << ", " << first + k << ") of " << n
+                    << " (--val-fraction " << a.str("--val-fraction") << ": the " << (split == "val" ? "last " : "first ")
+                    << k << " examples)\n";
+        } else {
+          const int64_t n = fresh.source->size(data::Split::train) + fresh.source->size(data::Split::validation);
+          const int64_t k = fresh.source->size(fresh.split), first = split == "val" ? n - k : 0;
+          std::cout << "split " << split << ": bytes [" << first << ", " << first + k << ") of " << n
+                    << " (--val-fraction " << a.str("--val-fraction") << ": the " << (split == "val" ? "last " : "first ")
+                    << k << " bytes)\n";
+        }
+      }
     }
   }
   if (dump) {

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Training through the command line (train::Trainer): exact resume, refused
 # resumes, validation and metrics.csv, --val-data, early stopping, the
-# per-method default learning rates beating the unigram baseline, and the
+# per-method default learning rates beating the unigram baseline, the
 # whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA,
-# modules_to_save, rank / alpha patterns, named adapters) (~60 s).
+# modules_to_save, rank / alpha patterns, named adapters), instruction data
+# (JSONL, recipe-qa, generate --stop) and the forgetting report (~70 s).
 #
 #   sh tests/test_cli_train.sh path/to/loragrad
 set -u
@@ -22,11 +23,11 @@ below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "" && b != "" && a + 0 < 
 B="$T/base.safetensors"
 ok "pretrain" -- "$L" pretrain --steps 300 --quiet --out "$B"
 [ -s "$T/base.run/metrics.csv" ] || fail "pretrain wrote no $T/base.run/metrics.csv"
-head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm$' ||
+head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss$' ||
   fail "metrics.csv header: $(head -1 "$T/base.run/metrics.csv")"
 # step 0 (validation before training), steps 1..300, validation at 60, 120, ... 300
 [ "$(grep -c . "$T/base.run/metrics.csv")" -eq 302 ] || fail "metrics.csv: $(grep -c . "$T/base.run/metrics.csv") lines, expected 302"
-grep -q '^0,,[0-9.]*,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
+grep -q '^0,,[0-9.]*,,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
 [ "$(awk -F, 'NR > 2 && $3 != ""' "$T/base.run/metrics.csv" | wc -l)" -eq 5 ] || fail "metrics.csv: expected 5 validation rows"
 
 # ---- each method's default learning rate reaches a useful model: below the unigram baseline ----
@@ -50,7 +51,7 @@ for d in 0 0.1; do
   ok "lora dropout $d: resume at 20" -- "$L" finetune $common $b4 --dropout $d --resume "$T/straight_$d/checkpoint-20" --out "$T/resumed_$d"
   cmp -s "$T/straight_$d/adapter_model.safetensors" "$T/resumed_$d/adapter_model.safetensors" ||
     fail "dropout $d: the resumed adapter differs from the straight run's"
-  [ "$(cut -d, -f1-4,6 "$T/straight_$d/metrics.csv")" = "$(cut -d, -f1-4,6 "$T/resumed_$d/metrics.csv")" ] ||
+  [ "$(cut -d, -f1-4,6- "$T/straight_$d/metrics.csv")" = "$(cut -d, -f1-4,6- "$T/resumed_$d/metrics.csv")" ] ||
     fail "dropout $d: metrics.csv of the resumed run differs (apart from tokens/s)"
 done
 ok "full: 40 steps" -- "$L" finetune $common $b4 --method full --save-every 20 --out "$T/full40.safetensors"
@@ -237,6 +238,105 @@ for bad in "--init kaiming:--init must be true, gaussian, pissa or false" "--ran
 done
 err "finetune: a JSON pattern value that is not a number" 2 "'v_proj': expected a number" -- \
   "$L" finetune --base "$B" --domain recipes --alpha-pattern '{"v_proj": "x"}' --out "$T/x"
+[ -e "$T/x" ] && fail "a refused command left $T/x behind"
+
+# ---- instruction data (issue 12, item 1): JSONL, prompt masking and packing, recipe-qa ----
+i=0
+while [ $i -lt 40 ]; do
+  printf '{"prompt": "Q: What comes after %d?\\nA: ", "response": "%d.\\n", "id": %d}\n' $i $((i + 1)) $i
+  i=$((i + 1))
+done >"$T/sft.jsonl"
+sftbase="--base $B --steps 8 --batch 4 --quiet"
+sft="$sftbase --data $T/sft.jsonl"
+if ok "finetune on JSONL" -- "$L" finetune $sft --save-every 4 --out "$T/sft"; then
+  grep -q "^data (seq 64): train 36 examples, [0-9]* response bytes scored; validation 4 examples, [0-9]* response bytes scored; unigram baseline" "$T/out" ||
+    fail "JSONL: $(grep '^data' "$T/out")"
+  grep -q "^validation loss [0-9.]* before, [0-9.]* after" "$T/out" || fail "JSONL: no validation loss: $(cat "$T/out")"
+fi
+ok "JSONL: resume at 4" -- "$L" finetune $sft --resume "$T/sft/checkpoint-4" --out "$T/sft_resumed"
+cmp -s "$T/sft/adapter_model.safetensors" "$T/sft_resumed/adapter_model.safetensors" || fail "JSONL: the resumed adapter differs"
+[ "$(cut -d, -f1-4,6- "$T/sft/metrics.csv")" = "$(cut -d, -f1-4,6- "$T/sft_resumed/metrics.csv")" ] ||
+  fail "JSONL: metrics.csv of the resumed run differs (apart from tokens/s)"
+head -3 "$T/sft.jsonl" >"$T/sft_val.jsonl"
+if ok "JSONL with --val-data JSONL and --seq 32 (packed)" -- "$L" finetune $sft --seq 32 --val-data "$T/sft_val.jsonl" --out "$T/sft_v"; then
+  grep -q "^data (seq 32): train 40 examples, .*; validation 3 examples" "$T/out" || fail "--val-data JSONL: $(grep '^data' "$T/out")"
+fi
+# A long example is truncated and counted; bad lines are one-line errors naming file:line and key.
+{ cat "$T/sft.jsonl"; printf '{"prompt": "%0100d", "response": "x"}\n' 0; } >"$T/sft_long.jsonl"
+ok "JSONL with an example longer than seq" -- "$L" finetune $sftbase --data "$T/sft_long.jsonl" --out "$T/sft_long"
+grep -q "^data (seq 64): train 37 examples, [0-9]* response bytes scored; validation 4 examples, [0-9]* response bytes scored, 1 truncated (1 without a response byte left, skipped)" "$T/out" ||
+  fail "truncation count in finetune: $(grep '^data' "$T/out")"
+ok "JSONL: the truncated example is counted" -- "$L" eval --base "$B" --data "$T/sft_long.jsonl"
+grep -q "^examples: 41 examples, [0-9]* response bytes scored, 1 truncated (1 without a response byte left, skipped)$" "$T/out" ||
+  fail "truncation count: $(cat "$T/out")"
+printf '{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n' >"$T/bad_key.jsonl"
+err "JSONL: a missing key" 1 "bad_key.jsonl:2: missing key \"response\"" -- "$L" finetune $sftbase --data "$T/bad_key.jsonl" --out "$T/x"
+printf '{"prompt": "a", "response": 7}\n' >"$T/bad_type.jsonl"
+err "JSONL: a number" 1 "bad_type.jsonl:1: key \"response\" must be a string, got a number" -- \
+  "$L" finetune $sftbase --data "$T/bad_type.jsonl" --out "$T/x"
+printf '{"prompt": "a", "response": "b"}\n\n{"prompt": "a" "response": "b"}\n' >"$T/bad_json.jsonl"
+err "JSONL: invalid JSON" 1 "bad_json.jsonl:3: invalid JSON" -- "$L" finetune $sftbase --data "$T/bad_json.jsonl" --out "$T/x"
+: >"$T/empty.jsonl"
+err "JSONL: an empty file" 1 "empty.jsonl: no examples" -- "$L" finetune $sftbase --data "$T/empty.jsonl" --out "$T/x"
+if ok "eval on JSONL: the response bytes" -- "$L" eval --base "$B" --adapter "$T/sft" --data "$T/sft.jsonl" --split val; then
+  grep -q "^loss [0-9.]* nats/byte over [0-9]* response bytes" "$T/out" || fail "eval JSONL: $(cat "$T/out")"
+  grep -q "^split val: examples \[36, 40) of 40 (--val-fraction 0.1: the last 4 examples)$" "$T/out" || fail "eval JSONL --split val: $(cat "$T/out")"
+fi
+
+# ---- recipe-qa, the old domain's loss while training (issue 12, item 4), generate --stop ----
+qa="--base $B --domain recipe-qa --steps 20 --eval-every 10 --quiet"
+if ok "finetune recipe-qa --old-domain stories" -- "$L" finetune $qa --targets all-linear --old-domain stories --out "$T/qa"; then
+  grep -q "^old-domain loss [0-9.]* before, [0-9.]* after: forgetting [+-][0-9.]* nats/byte$" "$T/out" ||
+    fail "--old-domain: no forgetting line: $(cat "$T/out")"
+  # old_loss (column 7) at step 0 and at each validation (10, 20), with the validation loss
+  [ "$(awk -F, 'NR > 1 && $7 != "" { printf "%s%s", sep, $1; sep = " " }' "$T/qa/metrics.csv")" = "0 10 20" ] ||
+    fail "metrics.csv old_loss rows: $(awk -F, 'NR > 1 && $7 != ""' "$T/qa/metrics.csv")"
+  [ "$(awk -F, 'NR > 1 && ($7 == "") != ($3 == "")' "$T/qa/metrics.csv" | wc -l)" -eq 0 ] || fail "old_loss without val_loss"
+fi
+ok "--old-data FILE" -- "$L" finetune --base "$B" --domain recipe-qa --steps 2 --quiet --old-data "$T/val.txt" --out "$T/qa_file"
+grep -q "^old domain: [0-9,]* bytes, its loss tracked at each validation$" "$T/out" || fail "--old-data: $(grep '^old' "$T/out")"
+err "--old-data and --old-domain" 2 "not both" -- "$L" finetune $qa --old-data "$T/val.txt" --old-domain stories --out "$T/x"
+err "unknown --old-domain" 2 "--old-domain must be stories, recipes, code or recipe-qa" -- "$L" finetune $qa --old-domain poems --out "$T/x"
+err "unknown --domain" 2 "--domain must be stories, recipes, code or recipe-qa, got 'poems'" -- \
+  "$L" finetune --base "$B" --domain poems --out "$T/x"
+# generate --stop: the text ends right after the first stop bytes among the sampled ones
+P='Q: Do you bake the Warm Apple Pie?
+A: '
+if ok "generate --stop ' '" -- "$L" generate --base "$B" --adapter "$T/qa" --prompt "$P" --temperature 0 --tokens 40 --stop ' ' --raw; then
+  tail -c +"$((${#P} + 1))" "$T/out" >"$T/answer"
+  [ "$(tr -cd ' ' <"$T/answer" | wc -c)" -le 1 ] || fail "--stop: more than one space sampled: '$(cat "$T/answer")'"
+  if [ "$(wc -c <"$T/answer")" -lt 40 ]; then
+    [ "$(tail -c 1 "$T/answer")" = " " ] || fail "--stop: cut early but not after the stop: '$(cat "$T/answer")'"
+  fi
+fi
+err "generate: empty --stop" 2 "--stop must hold at least one byte" -- "$L" generate --base "$B" --prompt a --stop=
+
+# ---- the forgetting report: eval --old (issue 12, item 4) ----
+if ok "eval --old-domain: the forgetting report" -- "$L" eval --base "$B" --adapter "$T/qa" --domain recipe-qa --old-domain stories; then
+  for want in "^loss in nats/byte  *adapter off  *adapter on  *on - off$" "^new  *[0-9.]*  *[0-9.]*  *[+-][0-9.]*$" \
+    "^old  *[0-9.]*  *[0-9.]*  *[+-][0-9.]*$" "^learning   (new: off - on) [+-][0-9.]* nats/byte$" \
+    "^forgetting (old: on - off) [+-][0-9.]* nats/byte$" "^old: domain stories (held-out tenth, seed 0)"; do
+    grep -q "$want" "$T/out" || fail "eval --old: no line $want: $(cat "$T/out")"
+  done
+  # forgetting = old on - old off; learning = new off - new on (to the 4 printed decimals)
+  awk '/^new / { l = $2 - $3 } /^old / { f = $3 - $2 } /^learning/ { L = $6 } /^forgetting/ { F = $6 }
+       END { d1 = l - L; d2 = f - F; exit !(d1 < 2e-4 && d1 > -2e-4 && d2 < 2e-4 && d2 > -2e-4) }' "$T/out" ||
+    fail "eval --old: learning / forgetting do not match the table: $(cat "$T/out")"
+fi
+# 'adapter off' is the base checkpoint alone: the same number as eval without the adapter
+if ok "eval --old-domain --json" -- "$L" eval --base "$B" --adapter "$T/qa" --domain recipe-qa --old-domain stories --json; then
+  off=$(grep '"loss_adapter_off"' "$T/out" | sed -n '2s/.*: \([0-9.e+-]*\),*$/\1/p')
+  ok "eval the base alone on the old domain" -- "$L" eval --base "$B" --domain stories --json
+  alone=$(sed -n 's/.*"loss": \([0-9.e+-]*\),*$/\1/p' "$T/out")
+  [ -n "$off" ] && [ "$off" = "$alone" ] || fail "eval --old: adapter-off old loss '$off', the base alone '$alone'"
+fi
+if ok "eval --old FILE --json" -- "$L" eval --base "$B" --adapter "$T/qa" --data "$T/sft.jsonl" --old "$T/val.txt" --json; then
+  for key in '"new": {' '"old": {' '"loss_adapter_on": ' '"loss_adapter_off": ' '"learning": ' '"forgetting": ' "\"data\": \"$T/val.txt\""; do
+    grep -qF "$key" "$T/out" || fail "eval --old --json lacks $key: $(cat "$T/out")"
+  done
+fi
+err "eval --old without --adapter" 2 "give --adapter DIR" -- "$L" eval --base "$B" --domain recipe-qa --old-domain stories
+err "eval --old without the new data" 2 "--old needs the new domain too" -- "$L" eval --base "$B" --adapter "$T/qa" --old "$T/val.txt"
 [ -e "$T/x" ] && fail "a refused command left $T/x behind"
 
 echo "$checks checks, $failures failed"

@@ -36,8 +36,8 @@ same_dir() {
   for f in "$2"/*; do
     [ -e "$f" ] || continue
     if [ "$(basename "$f")" = metrics.csv ]; then  # every column but tokens_per_s (a timing)
-      cut -d, -f1-4,6 "$f" >"$f.cut"
-      cut -d, -f1-4,6 "$3/metrics.csv" >"$3/metrics.csv.cut"
+      cut -d, -f1-4,6- "$f" >"$f.cut"
+      cut -d, -f1-4,6- "$3/metrics.csv" >"$3/metrics.csv.cut"
       same_file "$1" "$f.cut" "$3/metrics.csv.cut"
     else
       same_file "$1" "$f" "$3/$(basename "$f")"

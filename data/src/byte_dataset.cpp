@@ -9,8 +9,6 @@
 
 namespace loragrad::data {
 
-const char* split_name(Split s) { return s == Split::train ? "train" : "validation"; }
-
 ByteDataset::ByteDataset(std::string text, double validation_fraction) : text_(std::move(text)) {
   if (text_.empty()) throw ValueError("ByteDataset: the text is empty");
   if (!(validation_fraction >= 0.0 && validation_fraction < 1.0))
@@ -45,7 +43,9 @@ Batch ByteDataset::sample(Split split, int64_t batch, int64_t seq, Generator& ge
   if (n < seq + 1)
     throw ValueError(op + ": the split has " + std::to_string(n) + " bytes, a window of seq " + std::to_string(seq) +
                      " needs " + std::to_string(seq + 1));
-  Batch b{uninitialized({batch, seq}, DType::i64), uninitialized({batch, seq}, DType::i64)};
+  Batch b;
+  b.x = uninitialized({batch, seq}, DType::i64);
+  b.y = uninitialized({batch, seq}, DType::i64);
   int64_t* x = b.x.data<int64_t>();  // (B, T)
   int64_t* y = b.y.data<int64_t>();  // (B, T)
   for (int64_t r = 0; r < batch; ++r) {
@@ -57,6 +57,12 @@ Batch ByteDataset::sample(Split split, int64_t batch, int64_t seq, Generator& ge
     }
   }
   return b;
+}
+
+std::string ByteDataset::cannot_sample(Split split, int64_t seq) const {
+  if (size(split) >= seq + 1) return "";
+  return "the " + std::string(split_name(split)) + " text holds " + std::to_string(size(split)) + " bytes; seq " +
+         std::to_string(seq) + " needs at least seq + 1";
 }
 
 double ByteDataset::unigram_entropy(Split split) const { return unigram_cross_entropy(bytes(Split::train), bytes(split)); }

@@ -118,11 +118,22 @@ struct Ingredient {
   Words amounts;  // e.g. "2 cups", "1/2 tsp"; empty means a plain count ("2 eggs")
 };
 
+// A dish's name: "Spicy Carrot Stew" (shared by the recipes and their questions).
+const Words kDishAdjs = {"Quick", "Easy", "Sweet", "Spicy", "Simple", "Warm", "Fresh", "Creamy"};
+const Words kMains = {"Tomato", "Chicken", "Apple", "Potato", "Lemon", "Carrot", "Bean", "Mushroom", "Cheese", "Rice"};
+const Words kBaked = {"Pie", "Bread", "Cake", "Tart"};
+const Words kCooked = {"Soup", "Salad", "Stew", "Pasta", "Curry"};
+
+std::string lowercase_first(std::string s) {
+  if (!s.empty() && s[0] >= 'A' && s[0] <= 'Z') s[0] = static_cast<char>(s[0] - 'A' + 'a');
+  return s;
+}
+
 std::string recipe(Picker& r) {
-  static const Words adjs = {"Quick", "Easy", "Sweet", "Spicy", "Simple", "Warm", "Fresh", "Creamy"};
-  static const Words mains = {"Tomato", "Chicken", "Apple", "Potato", "Lemon", "Carrot", "Bean", "Mushroom", "Cheese", "Rice"};
-  static const Words baked = {"Pie", "Bread", "Cake", "Tart"};
-  static const Words cooked = {"Soup", "Salad", "Stew", "Pasta", "Curry"};
+  const Words& adjs = kDishAdjs;
+  const Words& mains = kMains;
+  const Words& baked = kBaked;
+  const Words& cooked = kCooked;
   static const std::vector<Ingredient> pantry = {
       {"flour", {"1 cup", "2 cups", "200 g", "250 g"}},
       {"sugar", {"1/2 cup", "1 cup", "2 tbsp", "100 g"}},
@@ -181,6 +192,53 @@ std::string recipe(Picker& r) {
   steps.push_back("Serve " + r.pick({"warm", "hot", "cold"}) + " with " + r.pick({"bread", "rice", "a green salad"}) + ".");
   for (size_t i = 0; i < steps.size(); ++i) s += std::to_string(i + 1) + ". " + steps[i] + "\n";
   return s;
+}
+
+// ---- recipe questions (instruction data) ----
+
+// One question about a dish and its answer, at most 65 bytes together (the
+// default block size, 64 positions, holds a whole example). Every answer
+// follows from the question (a copy, a lookup in the grammar's own rules), so
+// a tiny model can learn the task, and the fixed phrasing shows whether the
+// format was learned.
+Example recipe_question(Picker& r) {
+  const std::string main = r.pick(kMains);
+  const bool bake = r.chance(0.4);
+  const std::string dish = r.pick(bake ? kBaked : kCooked);
+  const std::string name = r.pick(kDishAdjs) + " " + main + " " + dish;  // at most 21 bytes
+  Example e;
+  switch (r.below(5)) {
+    case 0:
+      e.prompt = "Q: Main ingredient of " + name + "?\nA: ";
+      e.response = "Mostly " + lowercase_first(main) + ".\n";
+      break;
+    case 1:
+      e.prompt = "Q: Do you bake the " + name + "?\nA: ";
+      e.response = bake ? "Yes, in the oven.\n" : "No, in a pan.\n";
+      break;
+    case 2: {
+      const std::string n = std::to_string(r.between(2, 8));
+      e.prompt = "Q: " + name + " serves " + n + ". How many?\nA: ";
+      e.response = n + " people.\n";
+      break;
+    }
+    case 3:
+      e.prompt = "Q: What kind of dish is " + name + "?\nA: ";
+      e.response = "A " + lowercase_first(dish) + ".\n";
+      break;
+    default: {
+      static const Words things = {"salt", "sugar", "butter", "honey", "pepper", "flour"};
+      static const Words amounts = {"1 tsp", "2 tsp", "3 tsp", "1 tbsp", "2 tbsp", "3 tbsp"};
+      const std::vector<size_t> two = r.distinct(things.size(), 2);
+      const std::string& a = things[two[0]];
+      const std::string& b = things[two[1]];
+      const std::string amount_a = r.pick(amounts), amount_b = r.pick(amounts);
+      const bool ask_a = r.chance(0.5);
+      e.prompt = "Q: " + amount_a + " " + a + ", " + amount_b + " " + b + ". How much " + (ask_a ? a : b) + "?\nA: ";
+      e.response = (ask_a ? amount_a : amount_b) + ".\n";
+    }
+  }
+  return e;
 }
 
 // ---- code ----
@@ -256,6 +314,14 @@ Domain parse_domain(const std::string& name) {
   for (Domain d : {Domain::stories, Domain::recipes, Domain::code})
     if (name == domain_name(d)) return d;
   throw ValueError("parse_domain: unknown domain '" + name + "' (expected stories, recipes or code)");
+}
+
+std::vector<Example> recipe_questions(size_t n_examples, uint64_t seed) {
+  Picker r(seed * 3 + 1000003);  // a stream apart from the three domains'
+  std::vector<Example> out;
+  out.reserve(n_examples);
+  for (size_t i = 0; i < n_examples; ++i) out.push_back(recipe_question(r));
+  return out;
 }
 
 std::string builtin_corpus(Domain domain, size_t n_bytes, uint64_t seed) {

@@ -7,7 +7,7 @@
 //   core   tensors, autograd, ops, gradient checks, safetensors, NF4, the xtensor bridge
 //   nn     modules: Linear, Embedding, LayerNorm, attention, TinyGPT   (loragrad::nn)
 //   optim  AdamW, SGD, learning-rate schedules, gradient clipping      (loragrad::optim)
-//   data   byte-level datasets and the built-in corpora                (loragrad::data)
+//   data   byte-level datasets, instruction data, the built-in corpora (loragrad::data)
 //   lora   LoRA, rsLoRA, LoRA+, DoRA, NF4 (QLoRA), PEFT adapter files   (loragrad::lora)
 //   train  the training loop: Trainer, checkpoints, validation         (loragrad::train)
 // Including one header of a layer instead is fine, and compiles faster.
@@ -42,6 +42,9 @@
 // data
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
+#include "loragrad/data/instruction_dataset.hpp"
+#include "loragrad/data/jsonl.hpp"
+#include "loragrad/data/source.hpp"
 
 // lora
 #include "loragrad/lora/base_storage.hpp"

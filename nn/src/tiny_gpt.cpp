@@ -155,7 +155,7 @@ std::string TinyGPT::extra_repr() const { return ""; }
 
 // ============================ forward ============================
 
-Tensor TinyGPT::hidden_states(const Tensor& idx) {
+Tensor TinyGPT::hidden_states(const Tensor& idx, const Tensor& starts) {
   check_defined(idx, "TinyGPT.forward");
   if (idx.dtype() != DType::i64)
     throw DTypeError(std::string("TinyGPT.forward: token ids must be int64, got ") + dtype_name(idx.dtype()) + " " +
@@ -166,17 +166,39 @@ Tensor TinyGPT::hidden_states(const Tensor& idx) {
   if (t < 1 || t > config_.block_size)
     throw ShapeError("TinyGPT.forward: sequence length " + std::to_string(t) + " of ids " + shape_str(idx.shape()) +
                      " is outside [1, block_size = " + std::to_string(config_.block_size) + "]");
-  Tensor pos = narrow(pos_emb->weight, 0, 0, t);             // (t, d)
-  Tensor x = emb_drop->forward(add(tok_emb->forward(idx), pos));  // (B, t, d)
-  for (const ModulePtr& block : blocks->items()) x = block->forward(x);  // (B, t, d)
+  if (!starts.defined()) {
+    Tensor pos = narrow(pos_emb->weight, 0, 0, t);             // (t, d)
+    Tensor x = emb_drop->forward(add(tok_emb->forward(idx), pos));  // (B, t, d)
+    for (const ModulePtr& block : blocks->items()) x = block->forward(x);  // (B, t, d)
+    return x;
+  }
+  if (starts.dtype() != DType::i64 || starts.shape() != idx.shape())
+    throw ShapeError("TinyGPT.forward: starts must be int64 of the ids' shape " + shape_str(idx.shape()) + ", got " +
+                     dtype_name(starts.dtype()) + " " + shape_str(starts.shape()));
+  // Each position's place in its own example; causal_attention checks 0 <= starts[b, i] <= i.
+  const int64_t* s = starts.data<int64_t>();  // (B, t)
+  std::vector<int64_t> pos_ids(static_cast<size_t>(starts.numel()));
+  for (int64_t n = 0; n < starts.numel(); ++n) pos_ids[static_cast<size_t>(n)] = std::max<int64_t>(0, n % t - s[n]);
+  Tensor pos = pos_emb->forward(from_indices(pos_ids, idx.shape()));  // (B, t, d)
+  Tensor x = emb_drop->forward(add(tok_emb->forward(idx), pos));     // (B, t, d)
+  for (const ModulePtr& block : blocks->items()) {
+    auto* tb = dynamic_cast<TransformerBlock*>(block.get());
+    if (!tb) throw ValueError("TinyGPT.forward: packed rows (starts) need TransformerBlock blocks, found " +
+                              block->type_name());
+    x = tb->forward(x, starts);  // (B, t, d)
+  }
   return x;
 }
 
-Tensor TinyGPT::forward(const Tensor& idx) {
-  return lm_head->forward(ln_f->forward(hidden_states(idx)));  // (B, t, V)
+Tensor TinyGPT::forward(const Tensor& idx) { return forward(idx, Tensor()); }
+
+Tensor TinyGPT::forward(const Tensor& idx, const Tensor& starts) {
+  return lm_head->forward(ln_f->forward(hidden_states(idx, starts)));  // (B, t, V)
 }
 
-Tensor TinyGPT::loss(const Tensor& idx, const Tensor& targets) { return cross_entropy(forward(idx), targets); }
+Tensor TinyGPT::loss(const Tensor& idx, const Tensor& targets, const Tensor& starts) {
+  return cross_entropy(forward(idx, starts), targets);
+}
 
 // ============================ sampling ============================
 
@@ -220,7 +242,7 @@ std::vector<int64_t> TinyGPT::generate(const std::vector<int64_t>& prompt, int64
   for (int64_t step = 0; step < max_new_tokens; ++step) {
     const int64_t n = std::min<int64_t>(static_cast<int64_t>(seq.size()), config_.block_size);
     std::vector<int64_t> context(seq.end() - n, seq.end());
-    Tensor h = hidden_states(from_indices(context, {1, n}));  // (1, n, d)
+    Tensor h = hidden_states(from_indices(context, {1, n}), Tensor());  // (1, n, d)
     Tensor last = narrow(h, 1, n - 1, 1);                      // (1, 1, d): only the last position is needed
     Tensor logits = lm_head->forward(ln_f->forward(last));     // (1, 1, V)
     seq.push_back(sample_token(logits.to_vector(), temperature, top_k, gen));

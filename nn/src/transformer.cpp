@@ -25,12 +25,14 @@ MultiHeadAttention::MultiHeadAttention(int64_t d, int64_t h, double dropout, Gen
   register_module("resid_drop", resid_drop = make_dropout(dropout, dropout_gen));
 }
 
-Tensor MultiHeadAttention::forward(const Tensor& x) {
+Tensor MultiHeadAttention::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor MultiHeadAttention::forward(const Tensor& x, const Tensor& starts) {
   // No head transposes: causal_attention reads the heads straight out of (B, T, d).
   Tensor q = q_proj->forward(x);                                // (B, T, d)
   Tensor k = k_proj->forward(x);                                // (B, T, d)
   Tensor v = v_proj->forward(x);                                // (B, T, d)
-  Tensor y = attn_drop->forward(causal_attention(q, k, v, n_head));  // (B, T, d)
+  Tensor y = attn_drop->forward(causal_attention(q, k, v, n_head, starts));  // (B, T, d)
   return resid_drop->forward(o_proj->forward(y));               // (B, T, d)
 }
 
@@ -55,8 +57,10 @@ TransformerBlock::TransformerBlock(int64_t d, int64_t h, int64_t d_ff, double dr
   register_module("mlp", mlp = std::make_shared<FFN>(d, d_ff, dropout, init_gen, dropout_gen));
 }
 
-Tensor TransformerBlock::forward(const Tensor& x) {
-  Tensor x1 = add(x, attn->forward(ln1->forward(x)));   // (B, T, d)
+Tensor TransformerBlock::forward(const Tensor& x) { return forward(x, Tensor()); }
+
+Tensor TransformerBlock::forward(const Tensor& x, const Tensor& starts) {
+  Tensor x1 = add(x, attn->forward(ln1->forward(x), starts));  // (B, T, d)
   return add(x1, mlp->forward(ln2->forward(x1)));       // (B, T, d)
 }
 

@@ -1,6 +1,8 @@
 #include "loragrad/train/step.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/generator.hpp"
@@ -9,23 +11,46 @@
 
 namespace loragrad::train {
 
-std::vector<data::Batch> fixed_batches(const data::ByteDataset& data, data::Split split, int64_t n_batches,
+std::vector<data::Batch> fixed_batches(const data::Source& data, data::Split split, int64_t n_batches,
                                        int64_t batch, int64_t seq, uint64_t seed) {
-  if (n_batches < 1) throw ValueError("fixed_batches: n_batches must be >= 1, got " + std::to_string(n_batches));
-  Generator gen(seed);
-  std::vector<data::Batch> batches;
-  batches.reserve(static_cast<size_t>(n_batches));
-  for (int64_t i = 0; i < n_batches; ++i) batches.push_back(data.sample(split, batch, seq, gen));
-  return batches;
+  return data.fixed_batches(split, n_batches, batch, seq, seed);
 }
+
+namespace {
+
+// Each batch's target count; ValueError naming `op` when one has none.
+std::vector<int64_t> target_counts(const std::vector<data::Batch>& batches, const char* op) {
+  std::vector<int64_t> n;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    n.push_back(batches[i].num_targets());
+    if (n.back() == 0)
+      throw ValueError(std::string(op) + ": batch " + std::to_string(i) +
+                       " has no target (every one is -100): its mean loss would be NaN");
+  }
+  return n;
+}
+
+bool all_equal(const std::vector<int64_t>& n) { return std::adjacent_find(n.begin(), n.end(), std::not_equal_to<>()) == n.end(); }
+
+}  // namespace
 
 double evaluate(nn::TinyGPT& model, const std::vector<data::Batch>& batches) {
   if (batches.empty()) throw ValueError("evaluate: no batches to evaluate on");
+  const std::vector<int64_t> counts = target_counts(batches, "evaluate");
   nn::ModeScope eval_mode(model, false);
   NoGradGuard no_grad;
-  double sum = 0.0;
-  for (const data::Batch& b : batches) sum += model.loss(b.x, b.y).item();
-  return sum / static_cast<double>(batches.size());
+  if (all_equal(counts)) {  // plain text: the plain mean of batch means
+    double sum = 0.0;
+    for (const data::Batch& b : batches) sum += model.loss(b.x, b.y, b.starts).item();
+    return sum / static_cast<double>(batches.size());
+  }
+  double sum = 0.0, total = 0.0;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const double n = static_cast<double>(counts[i]);
+    sum += model.loss(batches[i].x, batches[i].y, batches[i].starts).item() * n;
+    total += n;
+  }
+  return sum / total;
 }
 
 StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
@@ -34,19 +59,29 @@ StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std
   std::vector<Tensor> params;
   for (const optim::ParamGroup& g : optimizer.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
 
+  // Each micro-batch's weight: 1 / K when they hold equally many targets (as
+  // plain text does: the arithmetic of the unmasked runs, bit for bit), else
+  // n_k / sum(n).
+  const std::vector<int64_t> counts = target_counts(micro_batches, "train_step");
+  const bool equal = all_equal(counts);
+  double total = 0.0;
+  for (int64_t n : counts) total += static_cast<double>(n);
+
   StepResult r;
   optimizer.zero_grad();
   const double k = static_cast<double>(micro_batches.size());
-  for (const data::Batch& b : micro_batches) {
-    Tensor loss = model.loss(b.x, b.y);  // 0-d
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const data::Batch& b = micro_batches[i];
+    Tensor loss = model.loss(b.x, b.y, b.starts);  // 0-d
     const double value = loss.item();
-    r.loss += value / k;
+    const double w = equal ? 1.0 / k : static_cast<double>(counts[i]) / total;
+    r.loss += equal ? value / k : value * w;
     if (!std::isfinite(value)) {  // no backward: the graph is freed with `loss`
       optimizer.zero_grad();
       r.loss = value;
       return r;
     }
-    (micro_batches.size() == 1 ? loss : loss * (1.0 / k)).backward();
+    (micro_batches.size() == 1 ? loss : loss * w).backward();
   }
   r.grad_norm = max_grad_norm > 0 ? optim::clip_grad_norm(params, max_grad_norm) : optim::grad_norm(params);
   if (!std::isfinite(r.grad_norm)) {

@@ -38,10 +38,12 @@ std::string csv_number(double x) {
 }
 
 std::string metrics_csv(const std::vector<MetricsRow>& rows) {
-  std::string s = "step,train_loss,val_loss,lr,tokens_per_s,grad_norm\n";
+  // New columns go at the end: readers that pick columns by number keep working.
+  std::string s = "step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss\n";
   for (const MetricsRow& r : rows)
     s += std::to_string(r.step) + "," + csv_number(r.train_loss) + "," + csv_number(r.val_loss) + "," +
-         csv_number(r.lr) + "," + csv_number(r.tokens_per_s) + "," + csv_number(r.grad_norm) + "\n";
+         csv_number(r.lr) + "," + csv_number(r.tokens_per_s) + "," + csv_number(r.grad_norm) + "," +
+         csv_number(r.old_loss) + "\n";
   return s;
 }
 
@@ -56,7 +58,7 @@ std::vector<MetricsRow> parse_metrics_csv(const std::string& text, const std::st
     std::stringstream ls(line);
     std::string cell;
     while (std::getline(ls, cell, ',')) cells.push_back(cell);
-    while (cells.size() < 6) cells.emplace_back();
+    while (cells.size() < 7) cells.emplace_back();  // a checkpoint from before old_loss has 6
     try {
       MetricsRow r;
       r.step = std::stoll(cells[0]);
@@ -65,6 +67,7 @@ std::vector<MetricsRow> parse_metrics_csv(const std::string& text, const std::st
       r.lr = number(cells[3]);
       r.tokens_per_s = number(cells[4]);
       r.grad_norm = number(cells[5]);
+      r.old_loss = number(cells[6]);
       rows.push_back(r);
     } catch (const std::exception&) {
       throw IOError(path + ": malformed line '" + printable(line) + "'");
@@ -153,13 +156,12 @@ Trainer::Trainer(nn::TinyGPT& model, optim::Optimizer& optimizer, TextSource tra
       schedule_((cfg_.validate(), cfg_.lr_schedule())),
       batch_gen_(cfg_.seed + 2) {
   if (!train_.data) throw ValueError("Trainer: no training text");
-  if (train_.size() < cfg_.seq + 1)
-    throw ValueError("Trainer: the training text holds " + std::to_string(train_.size()) + " bytes; seq " +
-                     std::to_string(cfg_.seq) + " needs at least seq + 1 (use a shorter seq or a longer text)");
+  const std::string why = train_.data->cannot_sample(train_.split, cfg_.seq);
+  if (!why.empty()) throw ValueError("Trainer: " + why + " (use another seq, or more data)");
   if (cfg_.seq > model_.config().block_size)
     throw ValueError("Trainer: seq " + std::to_string(cfg_.seq) + " exceeds the model's block size " +
                      std::to_string(model_.config().block_size));
-  if (val_.data && val_.size() >= cfg_.seq + 1)
+  if (val_.data && val_.data->cannot_sample(val_.split, cfg_.seq).empty())
     val_batches_ = fixed_batches(*val_.data, val_.split, cfg_.eval_batches, cfg_.batch, cfg_.seq, cfg_.seed + 1);
   identity_["seed"] = cfg_.seed;
   identity_["batch"] = cfg_.batch;
@@ -167,6 +169,13 @@ Trainer::Trainer(nn::TinyGPT& model, optim::Optimizer& optimizer, TextSource tra
   identity_["grad_accum"] = cfg_.grad_accum;
   identity_["model"] = json::object();
   for (const auto& [k, v] : model_.config().to_metadata()) identity_["model"][k] = v;
+}
+
+void Trainer::track_old_loss(TextSource old) {
+  if (!old.data) throw ValueError("Trainer::track_old_loss: no data");
+  const std::string why = old.data->cannot_sample(old.split, cfg_.seq);
+  if (!why.empty()) throw ValueError("Trainer::track_old_loss: " + why);
+  old_batches_ = fixed_batches(*old.data, old.split, cfg_.eval_batches, cfg_.batch, cfg_.seq, cfg_.seed + 3);
 }
 
 std::string Trainer::checkpoint_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
@@ -199,22 +208,26 @@ std::vector<std::pair<std::string, Generator*>> Trainer::generators() {
 }
 
 TrainResult Trainer::fit() {
-  const bool has_val = !val_batches_.empty();
+  const bool has_val = !val_batches_.empty(), has_old = !old_batches_.empty();
   const int64_t eval_every = cfg_.eval_every > 0 ? cfg_.eval_every : std::max<int64_t>(1, cfg_.steps / 5);
   const int64_t tokens_per_step = cfg_.batch * cfg_.seq * cfg_.grad_accum;
   TrainResult res;
   if (!cfg_.out_dir.empty()) fs::create_directories(cfg_.out_dir);
 
-  if (step_ == 0 && has_val) {  // the loss before training: what the adapter must improve on
+  if (step_ == 0 && (has_val || has_old)) {  // the loss before training: what the adapter must improve on
     MetricsRow r;
-    r.val_loss = validate_now();
+    if (has_val) {
+      r.val_loss = validate_now();
+      best_val_ = r.val_loss;
+      best_step_ = 0;
+    }
+    if (has_old) r.old_loss = evaluate(model_, old_batches_);
     metrics_.push_back(r);
-    best_val_ = r.val_loss;
-    best_step_ = 0;
   }
   for (const MetricsRow& r : metrics_)
-    if (r.step == 0) res.val_loss_before = r.val_loss;
+    if (r.step == 0) res.val_loss_before = r.val_loss, res.old_loss_before = r.old_loss;
   if (has_val && step_ == 0) std::printf("step 0: validation loss %.4f nats/byte\n", res.val_loss_before);
+  if (has_old && step_ == 0) std::printf("step 0: old-domain loss %.4f nats/byte\n", res.old_loss_before);
 
   const int64_t first = step_;
   bool stop = cfg_.early_stop > 0 && evals_since_best_ >= cfg_.early_stop;
@@ -272,11 +285,24 @@ TrainResult Trainer::fit() {
                      " evaluations (best " + std::to_string(best_val_) + " at step " + std::to_string(best_step_) +
                      ")");
     }
+    if (has_old && (step_ % eval_every == 0 || step_ == cfg_.steps)) {
+      Progress::Paused pause(progress);
+      row.old_loss = evaluate(model_, old_batches_);
+      char line[128];
+      std::snprintf(line, sizeof line, "step %lld: old-domain loss %.4f nats/byte", static_cast<long long>(step_),
+                    row.old_loss);
+      std::string text = line;
+      if (!std::isnan(res.old_loss_before)) {  // NaN: resumed from a run that did not track it
+        std::snprintf(line, sizeof line, " (%+.4f since step 0)", row.old_loss - res.old_loss_before);
+        text += line;
+      }
+      progress.log(text);
+    }
     metrics_.push_back(row);
     if (cfg_.save_every > 0 && step_ % cfg_.save_every == 0) {
       Progress::Paused pause(progress);
       save_checkpoint();
-    } else if (!std::isnan(row.val_loss)) {
+    } else if (!std::isnan(row.val_loss) || !std::isnan(row.old_loss)) {
       write_metrics();
     }
   }
@@ -289,9 +315,12 @@ TrainResult Trainer::fit() {
   res.stopped_early = stop && step_ < cfg_.steps;
   res.best_val_loss = best_val_;
   res.best_step = best_step_;
-  for (const MetricsRow& r : metrics_)
+  for (const MetricsRow& r : metrics_) {
     if (!std::isnan(r.val_loss) && r.step == step_) res.final_val_loss = r.val_loss;
+    if (!std::isnan(r.old_loss) && r.step == step_) res.final_old_loss = r.old_loss;
+  }
   if (has_val && std::isnan(res.final_val_loss)) res.final_val_loss = validate_now();  // resumed past the end
+  if (has_old && std::isnan(res.final_old_loss)) res.final_old_loss = evaluate(model_, old_batches_);
   res.train_s = progress.train_s();
   res.steps_per_s = progress.steps_per_s();
   res.tokens_per_s = progress.tokens_per_s();

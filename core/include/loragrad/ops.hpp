@@ -116,7 +116,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // Over the last dim; weight/bias (C) may be undefined. Biased variance.
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps = 1e-5);
 // q, k, v (B, T, d) with d = n_head * hd; causal softmax(q k^T / sqrt(hd)) v per head,
-// heads concatenated back to (B, T, d).
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head);
+// heads concatenated back to (B, T, d). starts (B, T) i64, when defined, packs
+// several sequences per row: query i attends to keys starts[b, i] .. i only
+// (a block-diagonal causal mask; 0 <= starts[b, i] <= i). No gradient flows to it.
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head,
+                        const Tensor& starts = Tensor());
 
 }  // namespace loragrad

@@ -7,6 +7,12 @@
 //
 // The causal mask is applied by never computing the upper triangle where a
 // row block allows it: rows [i0, i1) of S = q k^T need only columns [0, i1).
+//
+// Packed sequences (several examples in one row) pass `starts` (B, T): query i
+// attends to keys [starts[i], i] only, so each example sees itself alone (a
+// block-diagonal causal mask). The mask lives in P alone: masked entries are
+// exact zeros, so the backward pass (dV = P^T dO, dS = P * (dP - rowsum(dP * P)))
+// needs no mask of its own.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -31,24 +37,29 @@ struct AttnDims {
   int64_t B, T, d, H, hd;
 };
 
-// P (T, T): row i = softmax over j <= i of S (already scaled); j > i set to 0.
+// P (T, T): row i = softmax over s_i <= j <= i of S (already scaled), every
+// other entry 0; s_i = starts[i], or 0 when starts is null (plain causal).
 template <class T>
-void causal_softmax_rows(T* P, int64_t Tn) {
+void causal_softmax_rows(T* P, int64_t Tn, const int64_t* starts) {
   for (int64_t i = 0; i < Tn; ++i) {
     T* row = P + i * Tn;
-    const int64_t n = i + 1;
-    T m = row[0];
-    for (int64_t j = 1; j < n; ++j) m = row[j] > m ? row[j] : m;
-    const T inv = T(1) / detail::exp_shift_sum(row, row, n, m);
+    const int64_t s = starts ? starts[i] : 0;
+    T* live = row + s;  // the keys this query sees: [s, i]
+    const int64_t n = i + 1 - s;
+    T m = live[0];
+    for (int64_t j = 1; j < n; ++j) m = live[j] > m ? live[j] : m;
+    const T inv = T(1) / detail::exp_shift_sum(live, live, n, m);
 #pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
-    std::fill(row + n, row + Tn, T(0));
+    for (int64_t j = 0; j < n; ++j) live[j] *= inv;
+    std::fill(row, live, T(0));
+    std::fill(row + i + 1, row + Tn, T(0));
   }
 }
 
 // One (b, h): P (T, T) and the head's columns of out.
 template <class T>
-void attention_forward_head(const AttnDims& D, const T* q, const T* k, const T* v, T* P, T* out) {
+void attention_forward_head(const AttnDims& D, const T* q, const T* k, const T* v, const int64_t* starts, T* P,
+                            T* out) {
   const int64_t Tn = D.T, d = D.d;
   const T scale = T(1) / std::sqrt(T(D.hd));
   for (int64_t i0 = 0; i0 < Tn; i0 += kRowBlock) {
@@ -56,7 +67,7 @@ void attention_forward_head(const AttnDims& D, const T* q, const T* k, const T* 
     // S[i0:i1, 0:i1] = scale * q[i0:i1] k[0:i1]^T
     gemm(false, true, i1 - i0, i1, D.hd, scale, q + i0 * d, d, k, d, T(0), P + i0 * Tn, Tn);
   }
-  causal_softmax_rows(P, Tn);
+  causal_softmax_rows(P, Tn, starts);
   for (int64_t i0 = 0; i0 < Tn; i0 += kRowBlock) {
     const int64_t i1 = std::min(i0 + kRowBlock, Tn);
     // out[i0:i1] = P[i0:i1, 0:i1] v[0:i1]
@@ -125,10 +136,28 @@ void check_attention_inputs(const Tensor& q, const Tensor& k, const Tensor& v, i
                      ") must be a multiple of n_head = " + std::to_string(n_head) + " >= 1");
 }
 
+// starts (B, T) i64 with 0 <= starts[b, i] <= i, or undefined.
+void check_starts(const Tensor& q, const Tensor& starts) {
+  if (!starts.defined()) return;
+  const char* op = op_name(Op::causal_attention);
+  if (starts.dtype() != DType::i64 || starts.dim() != 2 || starts.size(0) != q.size(0) || starts.size(1) != q.size(1))
+    throw ShapeError(std::string(op) + ": starts must be int64 (B, T) = " + shape_str({q.size(0), q.size(1)}) +
+                     " for q " + shape_str(q.shape()) + ", got " + dtype_name(starts.dtype()) + " " +
+                     shape_str(starts.shape()));
+  const int64_t* s = starts.data<int64_t>();  // (B, T)
+  const int64_t Tn = q.size(1);
+  for (int64_t n = 0; n < starts.numel(); ++n)
+    if (s[n] < 0 || s[n] > n % Tn)
+      throw ValueError(std::string(op) + ": starts[" + std::to_string(n / Tn) + ", " + std::to_string(n % Tn) +
+                       "] = " + std::to_string(s[n]) + " is outside [0, " + std::to_string(n % Tn) +
+                       "] (a query attends to keys starts[i] .. i)");
+}
+
 }  // namespace
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head) {
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_head, const Tensor& starts) {
   check_attention_inputs(q, k, v, n_head);
+  check_starts(q, starts);
   const AttnDims D{q.size(0), q.size(1), q.size(2), n_head, q.size(2) / n_head};
   const int64_t pairs = D.B * D.H;
   const int64_t work = pairs * D.T * D.T * std::max<int64_t>(D.hd, 1);
@@ -142,10 +171,12 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
       const T* pv = v.data<T>();
       T* pP = P.data<T>();
       T* po = out.data<T>();
+      const int64_t* ps = starts.defined() ? starts.data<int64_t>() : nullptr;  // (B, T)
       parallel_for(pairs, work, [&](int64_t bh) {
         const int64_t b = bh / D.H, h = bh % D.H;
         const int64_t head = b * D.T * D.d + h * D.hd;  // offset of (b, 0, h*hd)
-        attention_forward_head(D, pq + head, pk + head, pv + head, pP + bh * D.T * D.T, po + head);
+        attention_forward_head(D, pq + head, pk + head, pv + head, ps ? ps + b * D.T : nullptr, pP + bh * D.T * D.T,
+                               po + head);
       });
     });
   }

@@ -6,20 +6,13 @@
 #include <string>
 #include <string_view>
 
+#include "loragrad/data/source.hpp"
 #include "loragrad/generator.hpp"
 #include "loragrad/tensor.hpp"
 
 namespace loragrad::data {
 
-enum class Split { train, validation };
-const char* split_name(Split s);  // "train", "validation"
-
-struct Batch {
-  Tensor x;  // (B, T) i64 byte values: the inputs
-  Tensor y;  // (B, T) i64: x shifted left by one, the next byte at each position
-};
-
-class ByteDataset {
+class ByteDataset : public Source {
  public:
   // validation_fraction in [0, 1); the validation part is the last
   // floor(size * validation_fraction) bytes. ValueError on an empty text.
@@ -29,13 +22,16 @@ class ByteDataset {
 
   const std::string& text() const { return text_; }
   std::string_view bytes(Split s) const;  // the part's bytes (a view into text())
-  int64_t size(Split s) const { return static_cast<int64_t>(bytes(s).size()); }
+  int64_t size(Split s) const override { return static_cast<int64_t>(bytes(s).size()); }
+  std::string_view scored_bytes(Split s) const override { return bytes(s); }
 
   // `batch` windows of seq + 1 consecutive bytes from the split, each starting
   // at a uniform random offset drawn from gen (reproducible for a given seed);
   // a window never crosses into the other split. ValueError if the split holds
-  // fewer than seq + 1 bytes or batch, seq < 1.
-  Batch sample(Split split, int64_t batch, int64_t seq, Generator& gen) const;
+  // fewer than seq + 1 bytes or batch, seq < 1. Every target counts (no -100)
+  // and starts stays undefined.
+  Batch sample(Split split, int64_t batch, int64_t seq, Generator& gen) const override;
+  std::string cannot_sample(Split split, int64_t seq) const override;
 
   // The baseline loss: cross-entropy in nats per byte of the split's bytes
   // under the train split's byte frequencies with add-one smoothing,

@@ -11,9 +11,14 @@
 //            and units, numbered steps with times and temperatures.
 //   code     a small Python-like language: functions with indented bodies,
 //            assignments, arithmetic, if/else, for loops, return.
+//
+// and one instruction task (prompt / response examples): recipe_questions.
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "loragrad/data/jsonl.hpp"
 
 namespace loragrad::data {
 
@@ -26,5 +31,16 @@ Domain parse_domain(const std::string& name);   // ValueError listing the names
 // (domain, n_bytes, seed). The text is made of whole documents (a story, a
 // recipe, a function) separated by blank lines; the last one is cut at n_bytes.
 std::string builtin_corpus(Domain domain, size_t n_bytes, uint64_t seed);
+
+// The built-in instruction task ("recipe-qa" on the command line): short
+// questions about dishes of the recipes domain with their answers, in a fixed
+// format, e.g.
+//   prompt   "Q: Do you bake the Sweet Apple Pie?\nA: "
+//   response "Yes, in the oven.\n"
+// Five kinds of question (main ingredient, baked or not, servings, kind of
+// dish, an amount from a list); each answer follows from its question. At
+// most 65 bytes an example: one fits the default block size (64) whole. A
+// pure function of (n_examples, seed).
+std::vector<Example> recipe_questions(size_t n_examples, uint64_t seed);
 
 }  // namespace loragrad::data

@@ -49,8 +49,16 @@ class TinyGPT : public Module {
 
   // idx i64 (B, t) with t <= block_size -> logits (B, t, V).
   Tensor forward(const Tensor& idx) override;
-  // Mean cross entropy of forward(idx) against targets i64 (B, t): a 0-d tensor.
-  Tensor loss(const Tensor& idx, const Tensor& targets);
+  // Packed rows: starts i64 (B, t), where the example at each position begins.
+  // Each example is computed as if alone: attention stays inside it (a
+  // block-diagonal causal mask) and positions count from its start
+  // (pos_emb[i - starts[b, i]]), as HF's padding-free packing does with
+  // position_ids. An undefined starts is forward(idx).
+  Tensor forward(const Tensor& idx, const Tensor& starts);
+  // Mean cross entropy of forward(idx, starts) against targets i64 (B, t): a
+  // 0-d tensor. Targets equal to -100 are ignored (PyTorch's ignore_index): the
+  // mean is over the others, and NaN when every target is ignored.
+  Tensor loss(const Tensor& idx, const Tensor& targets, const Tensor& starts = Tensor());
   // Extends `prompt` by max_new_tokens sampled tokens and returns the whole
   // sequence. temperature == 0 is greedy (argmax, ties to the lowest id);
   // otherwise softmax(logits / temperature), restricted to the top_k largest
@@ -81,7 +89,7 @@ class TinyGPT : public Module {
   ModulePtr lm_head;                   // Linear(d, V), no bias, until replaced
 
  private:
-  Tensor hidden_states(const Tensor& idx);  // (B, t) -> (B, t, d), before ln_f
+  Tensor hidden_states(const Tensor& idx, const Tensor& starts);  // (B, t) -> (B, t, d), before ln_f
   void init_weights(Generator& gen);
 
   TinyGPTConfig config_;

@@ -26,6 +26,8 @@ class MultiHeadAttention : public Module {
   MultiHeadAttention(int64_t d_model, int64_t n_head, double dropout, Generator& init_gen,
                      std::shared_ptr<Generator> dropout_gen = nullptr);
   Tensor forward(const Tensor& x) override;  // (B, T, d) -> (B, T, d)
+  // Packed rows: starts (B, T) i64, query i sees keys starts[b, i] .. i (causal_attention).
+  Tensor forward(const Tensor& x, const Tensor& starts);
   std::string type_name() const override { return "MultiHeadAttention"; }
   std::string extra_repr() const override;
 
@@ -53,6 +55,7 @@ class TransformerBlock : public Module {
   TransformerBlock(int64_t d_model, int64_t n_head, int64_t d_ff, double dropout, Generator& init_gen,
                    std::shared_ptr<Generator> dropout_gen = nullptr);
   Tensor forward(const Tensor& x) override;  // (B, T, d) -> (B, T, d)
+  Tensor forward(const Tensor& x, const Tensor& starts);  // starts: see MultiHeadAttention
   std::string type_name() const override { return "TransformerBlock"; }
 
   std::shared_ptr<LayerNorm> ln1;

@@ -18,12 +18,16 @@
 
 namespace loragrad::train {
 
-// n_batches batches drawn once from a generator seeded with `seed`: the same
-// validation set at every evaluation.
-std::vector<data::Batch> fixed_batches(const data::ByteDataset& data, data::Split split, int64_t n_batches,
+// The same validation set at every evaluation: data.fixed_batches (for a
+// text, n_batches batches drawn once from a generator seeded with `seed`).
+std::vector<data::Batch> fixed_batches(const data::Source& data, data::Split split, int64_t n_batches,
                                        int64_t batch, int64_t seq, uint64_t seed);
 
-// Mean loss over the batches, in eval mode (restored afterwards), without a graph.
+// Mean loss over the batches' targets, in eval mode (restored afterwards),
+// without a graph. Batches with equal target counts (plain text) are averaged
+// as they are; otherwise each batch weighs its count (the mean over every
+// response byte). ValueError when a batch has no target (all -100): its loss
+// would be NaN, as PyTorch's.
 double evaluate(nn::TinyGPT& model, const std::vector<data::Batch>& batches);
 
 struct StepResult {
@@ -35,7 +39,12 @@ struct StepResult {
 // One optimisation step over one or more equal-sized micro-batches (gradient
 // accumulation): zero the gradients; for each micro-batch, forward and
 // backward of loss / K, so the gradients are those of the mean loss over all
-// K micro-batches (a K-times larger batch); clip the optimizer's parameters to
+// K micro-batches (a K-times larger batch). With masked targets (instruction
+// data) the micro-batches hold different numbers n_k of targets: each loss
+// then weighs n_k / sum(n), so the step follows the mean over all the step's
+// targets, as HF's Trainer does with num_items_in_batch. A micro-batch
+// without a target is a ValueError (never trained on silently: its loss is
+// NaN). Then clip the optimizer's parameters to
 // max_grad_norm (when > 0); update. A non-finite loss or gradient skips the
 // update (the gradients are zeroed) and returns applied == false. Only the
 // optimizer's parameters are clipped: with an adapter, the frozen base has no

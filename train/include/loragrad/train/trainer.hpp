@@ -5,8 +5,13 @@
 //   - an LR schedule (cosine | linear | constant, linear warm-up) over `steps`
 //     optimizer steps, gradient accumulation, gradient clipping;
 //   - the loss on a held-out split before training (step 0), every
-//     eval_every steps and at the end, with early stopping on it;
-//   - OUT/metrics.csv: step, train_loss, val_loss, lr, tokens_per_s, grad_norm;
+//     eval_every steps and at the end, with early stopping on it; at the same
+//     moments, optionally, the loss on an old domain (track_old_loss), to
+//     see what the adaptation forgets;
+//   - OUT/metrics.csv: step, train_loss, val_loss, lr, tokens_per_s,
+//     grad_norm, old_loss (empty cells: not measured at that step);
+//   - one data interface (data::Source): plain text and packed, prompt-masked
+//     instruction examples go through the same loop;
 //   - OUT/checkpoint-STEP/ every save_every steps: the model part (written by
 //     the caller's Output::save: an adapter or a checkpoint), the optimizer
 //     state, every generator's offset (batches, every dropout) and the step,
@@ -59,9 +64,10 @@ struct TrainConfig {
   optim::LRSchedule lr_schedule() const;
 };
 
-// Where the training and validation bytes come from (a ByteDataset and which of its splits).
+// Where the training and validation batches come from (a ByteDataset or an
+// InstructionDataset, and which of its splits).
 struct TextSource {
-  const data::ByteDataset* data = nullptr;
+  const data::Source* data = nullptr;
   data::Split split = data::Split::train;
   int64_t size() const { return data ? data->size(split) : 0; }
 };
@@ -69,6 +75,7 @@ struct TextSource {
 struct MetricsRow {
   int64_t step = 0;
   double train_loss = NAN, val_loss = NAN, lr = NAN, tokens_per_s = NAN, grad_norm = NAN;
+  double old_loss = NAN;  // the old domain's loss (track_old_loss), at validation steps
 };
 
 // Tensor bytes of a run, measured by the storage allocator (memory.hpp), not
@@ -92,6 +99,7 @@ struct TrainResult {
   double final_val_loss = NAN;   // at the last step (NaN without a validation split)
   double best_val_loss = NAN;
   int64_t best_step = -1;
+  double old_loss_before = NAN, final_old_loss = NAN;  // track_old_loss: step 0 and the last step
   bool stopped_early = false;
   double tokens_per_s = 0.0, steps_per_s = 0.0, train_s = 0.0;
   std::vector<MetricsRow> metrics;
@@ -123,6 +131,12 @@ class Trainer {
   // Trains from the current step to config.steps (or an early stop).
   TrainResult fit();
 
+  // Measures the loss on `old` (e.g. the base model's pretraining domain) at
+  // step 0 and at every validation step, into MetricsRow::old_loss: what the
+  // adaptation forgets, while it trains. Uses eval_batches fixed batches of
+  // old (seed + 3); training is unchanged. Call before fit() (and resume()).
+  void track_old_loss(TextSource old);
+
   // Called after each validation (step 0 included) with the step and the
   // validation loss, in eval mode without a graph: e.g. to measure forgetting
   // on another text at the same moments.
@@ -146,7 +160,7 @@ class Trainer {
   nlohmann::json identity_;
   optim::LRSchedule schedule_;
   Generator batch_gen_;
-  std::vector<data::Batch> val_batches_;
+  std::vector<data::Batch> val_batches_, old_batches_;
 
   int64_t step_ = 0;
   double best_val_ = NAN;
