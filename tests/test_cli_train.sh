@@ -258,7 +258,7 @@ cmp -s "$T/sft/adapter_model.safetensors" "$T/sft_resumed/adapter_model.safetens
 [ "$(cut -d, -f1-4,6- "$T/sft/metrics.csv")" = "$(cut -d, -f1-4,6- "$T/sft_resumed/metrics.csv")" ] ||
   fail "JSONL: metrics.csv of the resumed run differs (apart from tokens/s)"
 head -3 "$T/sft.jsonl" >"$T/sft_val.jsonl"
-if ok "JSONL with --val-data JSONL and --seq 32 (packed)" -- "$L" finetune $sft --seq 32 --val-data "$T/sft_val.jsonl" --out "$T/sft_v"; then
+if ok "JSONL with --val-data JSONL and --seq 32" -- "$L" finetune $sft --seq 32 --val-data "$T/sft_val.jsonl" --out "$T/sft_v"; then
   grep -q "^data (seq 32): train 40 examples, .*; validation 3 examples" "$T/out" || fail "--val-data JSONL: $(grep '^data' "$T/out")"
 fi
 # A long example is truncated and counted; bad lines are one-line errors naming file:line and key.

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Thread-count determinism through the command line: the same run with
-# --threads 1 and --threads 2 writes byte-identical files, for pretraining and
-# for every fine-tuning method (about 15 s on 2 cores).
+# --threads 1 and --threads 2 writes byte-identical files, for pretraining,
+# for every fine-tuning method and for instruction data (about 15 s on 2 cores).
 #
 #   sh tests/test_determinism.sh path/to/loragrad
 #
@@ -72,5 +72,12 @@ for m in lora loraplus dora qlora; do
   same_dir "finetune $m" "$T/${m}_t1" "$T/${m}_t2"
 done
 
+# Instruction data: packed rows, the block-diagonal mask, masked targets, micro-batches weighed by target count.
+for n in 1 2; do
+  ok "finetune recipe-qa --threads $n" -- "$L" finetune --base "$B" --domain recipe-qa --targets all-linear $small \
+    --grad-accum 2 --threads $n --out "$T/qa_t$n"
+done
+same_dir "finetune recipe-qa" "$T/qa_t1" "$T/qa_t2"
+
 echo "$compared files compared, $failures failed"
-[ "$failures" -eq 0 ] && [ "$compared" -eq 14 ]  # 2 checkpoints, 4 x (weights, config, metrics)
+[ "$failures" -eq 0 ] && [ "$compared" -eq 17 ]  # 2 checkpoints, 5 x (weights, config, metrics)

@@ -9,6 +9,7 @@
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/data/instruction_dataset.hpp"
+#include "loragrad/gradcheck.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/optim/sgd.hpp"
@@ -190,6 +191,13 @@ BOOST_AUTO_TEST_CASE(attention_starts_make_a_block_diagonal_causal_mask) {
                         max_abs_diff(ks.grad().to_vector(), slice(dk)), max_abs_diff(vs.grad().to_vector(), slice(dv))});
     }
   BOOST_TEST(worst < 1e-13);
+
+  // And against finite differences, through a scalar of the output.
+  const Tensor st = from_indices(starts, {B, T});
+  const GradcheckResult check = gradcheck(
+      [&](const std::vector<Tensor>& in) { return sum(causal_attention(in[0], in[1], in[2], H, st) * go); },
+      {q.detach().requires_grad_(), k.detach().requires_grad_(), v.detach().requires_grad_()});
+  BOOST_TEST(check.ok, check.report);
 
   // All starts 0 is the plain causal mask, bit for bit.
   const Tensor plain = causal_attention(q, k, v, H);
