@@ -6,7 +6,7 @@
 // linear layer with a frozen bf16 weight runs) with each kernel this CPU has,
 // on the linear layers' shapes of the reference workloads, against the float
 // GEMM on the same (widened) numbers.
-// Usage: gemm_bench [--quick] [--threads N] [--tables fp32|bf16|all]
+// Usage: gemm_bench [--quick] [--rank-r] [--threads N] [--tables fp32|bf16|all]
 //
 // OpenBLAS is optional (LORAGRAD_BENCH_HAVE_CBLAS, set by CMake when found).
 // Its speed on this machine depends on OPENBLAS_CORETYPE (Debian's build does
@@ -43,17 +43,18 @@ using loragrad::kernels::gemm;
 
 struct Shape {
   std::string label;
-  bool trans_b;
+  bool trans_a, trans_b;
   int64_t M, N, K;
 };
 
 // The classic i-j-p loop with a scalar accumulator (what "naive" usually means).
-void naive_sgemm(bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, const float* B,
+void naive_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, const float* B,
                  float* C) {
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       float s = 0.0f;
-      for (int64_t p = 0; p < K; ++p) s += A[i * K + p] * (trans_b ? B[j * K + p] : B[p * N + j]);
+      for (int64_t p = 0; p < K; ++p)
+        s += (trans_a ? A[p * M + i] : A[i * K + p]) * (trans_b ? B[j * K + p] : B[p * N + j]);
       C[i * N + j] = s;
     }
 }
@@ -178,14 +179,16 @@ using CoreNameFn = char* (*)();
 int main(int argc, char** argv) {
   loragrad::app::Args a("gemm_bench", "loragrad's float GEMM against a naive loop and OpenBLAS cblas_sgemm.", "");
   a.flag("--quick", "fewer shapes and repetitions");
+  a.flag("--rank-r", "only the rank-r products of a LoRA layer");
   a.option("--threads", "N", "one thread count (default: 1 and 2)");
   a.option("--tables", "WHICH", "fp32 (float GEMM vs naive vs OpenBLAS), bf16 (bf16 kernels vs float GEMM) or all", "all");
-  bool quick = false;
+  bool quick = false, rank_r_only = false;
   bool fp32_table = true, bf16_table = true;
   std::vector<int> thread_counts = {1, 2};
   try {
     if (!a.parse(argc, argv, 1)) return 0;
     quick = a.is_set("--quick");
+    rank_r_only = a.is_set("--rank-r");
     if (a.given("--threads")) thread_counts = {static_cast<int>(a.integer("--threads", 1, 1024))};
     const std::string tables = a.str("--tables");
     if (tables != "fp32" && tables != "bf16" && tables != "all")
@@ -225,7 +228,7 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes;
   const std::vector<int64_t> squares =
       quick ? std::vector<int64_t>{128, 512} : std::vector<int64_t>{64, 128, 256, 512, 1024};
-  for (int64_t n : squares) shapes.push_back({"square", false, n, n, n});
+  for (int64_t n : squares) shapes.push_back({"square", false, false, n, n, n});
   const std::vector<int64_t> ms =
       quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{2048, 4096};
   const std::vector<int64_t> kns =
@@ -233,7 +236,23 @@ int main(int argc, char** argv) {
   for (bool tb : {false, true})
     for (int64_t m : ms)
       for (int64_t kn : kns)
-        shapes.push_back({tb ? "x@W^T" : "x@W", tb, m, kn, kn});
+        shapes.push_back({tb ? "x@W^T" : "x@W", false, tb, m, kn, kn});
+  if (rank_r_only) shapes.clear();
+  // The rank-r products of a LoRA layer (y = x W^T + s (x A^T) B^T) over the
+  // workloads' 2048 tokens (S: r = 8, M: r = 16; d = 256, fc_in / fc_out 1024):
+  //   h = x A^T   (T, r) = x (T, in) A (r, in)^T       forward
+  //   dh = g B    (T, r) = g (T, out) B (out, r)        backward
+  //   dB = g^T h  (out, r) = g (T, out)^T h (T, r)
+  //   dA = dh^T x (r, in) = dh (T, r)^T x (T, in)
+  const std::vector<int64_t> ranks = quick ? std::vector<int64_t>{16} : std::vector<int64_t>{8, 16};
+  const std::vector<int64_t> dims = quick ? std::vector<int64_t>{256} : std::vector<int64_t>{256, 1024};
+  for (int64_t r : ranks)
+    for (int64_t d : dims) {
+      shapes.push_back({"xA^T", false, true, 2048, r, d});
+      shapes.push_back({"gB", false, false, 2048, r, d});
+      shapes.push_back({"g^Th", true, false, d, r, 2048});
+      shapes.push_back({"dh^Tx", true, false, r, d, 2048});
+    }
 
   const int samples = quick ? 3 : 5;
   const double min_seconds = quick ? 0.02 : 0.05;
@@ -241,7 +260,8 @@ int main(int argc, char** argv) {
 
   std::printf("GFLOP/s, median of %d samples (each >= %.0f ms, loragrad and OpenBLAS "
               "alternating; naive: one sample). x@W: A(M,K) @ B(K,N); "
-              "x@W^T: A(M,K) @ W(N,K)^T (trans_b).\n",
+              "x@W^T: A(M,K) @ W(N,K)^T (trans_b); xA^T, gB, g^Th, dh^Tx: a LoRA layer's rank-r "
+              "products (g^T, dh^T: A transposed).\n",
               samples, min_seconds * 1e3);
 
   std::mt19937 rng(42);
@@ -262,16 +282,16 @@ int main(int argc, char** argv) {
       std::vector<float> A(M * K), B(K * N), C(M * N), Cref(M * N);
       for (float& x : A) x = dist(rng);
       for (float& x : B) x = dist(rng);
-      const int64_t ldb = s.trans_b ? K : N;
+      const int64_t lda = s.trans_a ? M : K, ldb = s.trans_b ? K : N;
       const double flops = 2.0 * M * N * K;
 
       auto run_loragrad = [&] {
-        gemm(false, s.trans_b, M, N, K, 1.0f, A.data(), K, B.data(), ldb, 0.0f, C.data(), N);
+        gemm(s.trans_a, s.trans_b, M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, C.data(), N);
       };
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
       auto run_blas = [&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans, M, N, K,
-                    1.0f, A.data(), K, B.data(), ldb, 0.0f, Cref.data(), N);
+        cblas_sgemm(CblasRowMajor, s.trans_a ? CblasTrans : CblasNoTrans, s.trans_b ? CblasTrans : CblasNoTrans,
+                    M, N, K, 1.0f, A.data(), lda, B.data(), ldb, 0.0f, Cref.data(), N);
       };
 #endif
       // Samples of the two libraries alternate, so a change in the machine's
@@ -300,7 +320,7 @@ int main(int argc, char** argv) {
       double naive = NAN;
       if (M <= naive_max && N <= naive_max && K <= naive_max)
         naive = sample_gflops(flops, min_seconds, [&] {
-          naive_sgemm(s.trans_b, M, N, K, A.data(), B.data(), Cref.data());
+          naive_sgemm(s.trans_a, s.trans_b, M, N, K, A.data(), B.data(), Cref.data());
         });
 
       auto cell = [](double v) {

@@ -19,7 +19,8 @@
 
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/gemm.hpp"
-// White-box: the packing contract is private to the kernels.
+// White-box: the packing contract and the narrow path are private to the kernels.
+#include "../core/src/kernels/gemm_narrow.hpp"
 #include "../core/src/kernels/gemm_pack.hpp"
 
 using loragrad::kernels::BPanelSource;
@@ -28,6 +29,8 @@ using loragrad::kernels::gemm_decoded_b;
 using loragrad::kernels::gemm_packed_b;
 using loragrad::kernels::kGemmKC;
 using loragrad::kernels::kGemmNR;
+using loragrad::kernels::kNarrowMax;
+using loragrad::kernels::narrow_gemm_applies;
 using loragrad::kernels::StridedBSource;
 
 namespace {
@@ -214,6 +217,44 @@ BOOST_AUTO_TEST_CASE(float_serial_inside_parallel_region_matches) {
                          << " in_parallel=" << was_in_parallel);
     BOOST_TEST((outside == inside));
   }
+}
+
+// ---------------------------------------------------------------------------
+// The narrow path (gemm_narrow.hpp): N <= 16 or M <= 16, chosen by gemm()
+// ---------------------------------------------------------------------------
+// Every narrow width 1..16 on either side (each packing period P = 16 / n'
+// and its rounding up of n), ragged row counts (tiles of 16, 8, 4, 2, 1) and
+// depths (K not a multiple of P), all transposes, alpha / beta, padding.
+BOOST_AUTO_TEST_CASE(narrow_path_all_transposes_widths_alpha_beta) {
+#if defined(__AVX512F__)
+  BOOST_TEST(narrow_gemm_applies(2048, 16, 256));  // x A^T, r = 16
+  BOOST_TEST(narrow_gemm_applies(16, 256, 2048));  // dA = dh^T x
+  BOOST_TEST(!narrow_gemm_applies(2048, 32, 256));
+#endif
+  const std::vector<std::pair<double, double>> alpha_beta = {{1.0, 0.0}, {-0.5, 0.0}, {1.0, 1.0}, {0.75, -2.0}};
+  std::mt19937 rng(4321);
+  int combo = 0;
+  for (int64_t narrow = 1; narrow <= kNarrowMax; ++narrow)
+    for (int64_t wide : {1, 7, 16, 37, 130})
+      for (int64_t K : {1, 5, 16, 67})
+        for (bool ta : {false, true})
+          for (bool tb : {false, true}) {
+            const auto [alpha, beta] = alpha_beta[combo % alpha_beta.size()];
+            const int64_t pad = combo % 3 == 0 ? 3 : 0;
+            ++combo;
+            check_one<float>(ta, tb, {wide, narrow, K}, alpha, beta, pad, rng);  // N narrow
+            check_one<float>(ta, tb, {narrow, wide, K}, alpha, beta, pad, rng);  // M narrow
+          }
+}
+
+// The LoRA shapes themselves (rows = 2048 tokens, r = 8 and 16), all
+// transposes: deep sums, many row tiles, several threads.
+BOOST_AUTO_TEST_CASE(narrow_path_rank_r_shapes) {
+  std::mt19937 rng(77);
+  for (int64_t r : {8, 16})
+    for (Shape s : std::vector<Shape>{{2048, r, 256}, {256, r, 2048}, {r, 256, 2048}, {2048, r, 1024}})
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) check_one<float>(ta, tb, s, 0.5, ta ? 1.0 : 0.0, 0, rng);
 }
 
 BOOST_AUTO_TEST_CASE(degenerate_sizes) {

@@ -116,7 +116,9 @@ BOOST_AUTO_TEST_CASE(gemm_float_and_double) {
   // (M, N, K): many rows; few rows (columns split too); K over KC (several
   // depth blocks); N over NC (several column panels); ragged edges everywhere.
   const std::vector<std::array<int64_t, 3>> shapes = {
-      {512, 384, 128}, {8, 1000, 300}, {100, 200, 1100}, {30, 4200, 40}, {257, 129, 513}};
+      {512, 384, 128}, {8, 1000, 300}, {100, 200, 1100}, {30, 4200, 40}, {257, 129, 513},
+      // the narrow path (N or M <= 16, gemm_narrow.hpp): rank-r products
+      {2048, 16, 256}, {1000, 8, 300}, {16, 256, 2048}, {300, 5, 1030}};
   check_thread_independent([&] {
     Results out;
     for (const auto& [M, N, K] : shapes)

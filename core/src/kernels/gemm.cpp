@@ -21,7 +21,8 @@
 // instantiated for fewer rows; a tile narrower than NR (B's last sliver is
 // zero-padded) is computed into a scratch tile and merged by hand.
 // Tiny untransposed operands skip packing (see kDirectAFloats).
-// Threads: see run().
+// Threads: see run(). gemm() hands shapes with N or M at most 16 to the
+// narrow path instead (gemm_narrow.cpp).
 
 #include "loragrad/kernels/gemm.hpp"
 
@@ -42,6 +43,7 @@
 #endif
 
 #include "loragrad/error.hpp"
+#include "gemm_narrow.hpp"
 #include "gemm_pack.hpp"
 
 namespace loragrad::kernels {
@@ -649,6 +651,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
           const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
           int64_t ldc) {
   check_args("gemm", M, N, K, lda, trans_a ? M : K, ldb, trans_b ? K : N, ldc);
+  // Rank-r shapes (N or M at most 16) have kernels of their own (gemm_narrow.hpp).
+  if (M > 0 && N > 0 && K > 0 && alpha != 0.0f && narrow_gemm_applies(M, N, K)) {
+    gemm_narrow(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   const StridedBSource src(B, ldb, trans_b, K, N);
   // A small untransposed B is read in place (see Problem::direct_b).
   const bool in_place = !trans_b && K * ldb <= kDirectBFloats;

@@ -7,7 +7,10 @@
 //
 // float: cache-blocked, packed panels, an xsimd micro-kernel, OpenMP over
 // blocks when the product is large enough and the caller is not already inside
-// a parallel region. double: same interface (used for gradient checking).
+// a parallel region. Products with N or M at most 16 (a LoRA adapter's rank-r
+// products) take kernels of their own that read the large operand in place
+// (core/src/kernels/gemm_narrow.cpp). double: same interface (used for
+// gradient checking).
 // gemm_decoded_b: a float B that is decoded on demand (quantised weights).
 #include <cstdint>
 #include <functional>
