@@ -469,6 +469,16 @@ void compute_item(const Problem& p, const Panel& P, const Item& it, const float*
 //   * Several panels: the threads pack each B panel together into the
 //     caller's buffer; the worksharing loops' implicit barriers separate
 //     packing a panel from using it, and using it from overwriting it.
+// Frozen weights are packed again at every call, by every thread of a one-
+// panel product. Keeping their panels instead (a cache keyed by
+// nn::LinearBase::weight_version()) was measured and not done (issue 11,
+// item 2c): in the M LoRA step, packing the frozen weights (x W^T forward,
+// g W backward, every adapted layer) takes 5 ms per thread with the weights
+// in cache and 10 ms as sampled in the step, 0.7-1.3% of it on 1 thread (the
+// attention's K and V, new at every call, are another 2.2%), about twice
+// that share on 2 threads; the cache would hold two packed copies of each
+// frozen weight, 36 MiB for M (+10% peak RSS), and over NF4 dense copies
+// that undo what NF4 saves.
 void run(const Problem& p, int nt, Grid g) {
   float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers, this thread's
   const int64_t items = g.nb_m * g.nb_n;
