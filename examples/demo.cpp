@@ -51,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "demo_advice.hpp"
 #include "demo_report.hpp"
 #include "loragrad/app/args.hpp"
 #include "loragrad/format.hpp"
@@ -105,7 +106,7 @@ void apply_quick(Options& o) {
   o.d_model = 64;
   o.layers = 2;
   o.heads = 2;
-  o.seq = 32;
+  o.seq = 64;  // recipe-qa examples are up to 65 bytes
   o.pretrain_steps = 300;
   o.pretrain_lr = 5e-3;
   o.steps = 60;
@@ -701,6 +702,13 @@ int run(const Options& o, const std::vector<std::string>& args) {
             << printable(sample_text(*base, kPrompt, kSampleBytes, kTemperature, kTopK, o.seed)) << "\n";
   for (const Result& r : results)
     std::cout << "--- " << r.name << " (loss B " << fixed(r.loss_b, 4) << "):\n" << printable(r.sample) << "\n";
+  std::cout << "\n";
+
+  // ---- the seed's advice: instruction tuning ----
+  demo::AdviceSetup advice{base_path, o.out, o.steps, o.batch, o.seq, o.eval_batches, o.corpus_bytes,
+                           o.steps >= 300 ? 50 : 10, o.seed, o.quiet};
+  std::cout << "instruction tuning: LoRA on recipe-qa (" << o.steps << " steps)\n";
+  demo::print(demo::instruction_tuning(advice), std::cout);
   std::cout << "\n";
 
   std::vector<demo::Curve> curves_b, curves_a;
