@@ -23,11 +23,11 @@ below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "" && b != "" && a + 0 < 
 B="$T/base.safetensors"
 ok "pretrain" -- "$L" pretrain --steps 300 --quiet --out "$B"
 [ -s "$T/base.run/metrics.csv" ] || fail "pretrain wrote no $T/base.run/metrics.csv"
-head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss$' ||
+head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss,kl$' ||
   fail "metrics.csv header: $(head -1 "$T/base.run/metrics.csv")"
 # step 0 (validation before training), steps 1..300, validation at 60, 120, ... 300
 [ "$(grep -c . "$T/base.run/metrics.csv")" -eq 302 ] || fail "metrics.csv: $(grep -c . "$T/base.run/metrics.csv") lines, expected 302"
-grep -q '^0,,[0-9.]*,,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
+grep -q '^0,,[0-9.]*,,,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
 [ "$(awk -F, 'NR > 2 && $3 != ""' "$T/base.run/metrics.csv" | wc -l)" -eq 5 ] || fail "metrics.csv: expected 5 validation rows"
 
 # ---- each method's default learning rate reaches a useful model: below the unigram baseline ----
