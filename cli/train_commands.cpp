@@ -173,6 +173,13 @@ void print_texts(const Texts& t, int64_t seq) {
   if (t.old.data) std::cout << "old domain: " << describe(*t.old.data, t.old.split, seq) << ", its loss tracked at each validation\n";
 }
 
+// A KL: small values matter (it starts at exactly 0), so significant digits, not 4 decimals.
+std::string format_kl(double kl) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", kl);
+  return buf;
+}
+
 void report(const train::TrainResult& r, const Texts& t) {
   std::cout << "speed: " << fixed(r.steps_per_s, 2) << " steps/s, "
             << fixed(r.tokens_per_s / 1000.0, 1) << "k tokens/s\n";
@@ -187,6 +194,10 @@ void report(const train::TrainResult& r, const Texts& t) {
                    "--lr\n";
   } else {
     std::cout << "final training loss " << fixed(r.last_train_loss, 4) << " nats/byte\n";
+  }
+  if (!std::isnan(r.kl_after)) {
+    std::cout << "KL to the base " << (std::isnan(r.kl_before) ? "" : format_kl(r.kl_before) + " before, ")
+              << format_kl(r.kl_after) << " after, nats/position on the KL text's fixed batches\n";
   }
   if (!std::isnan(r.final_old_loss))
     std::cout << "old-domain loss " << fixed(r.old_loss_before, 4) << " before, " << fixed(r.final_old_loss, 4)
@@ -427,6 +438,9 @@ int run_finetune(int argc, char** argv) {
   add_training_flags(a, "100", "0");
   a.option("--old-data", "FILE", "track the loss on this old-domain file at each validation (metrics.csv old_loss)");
   a.option("--old-domain", "NAME", "the same for a built-in domain (its held-out tenth), e.g. the base's stories");
+  a.option("--kl-weight", "X", "add X * KL(base || adapted) on the KL text to the loss (0: off; see below)", "0");
+  a.option("--kl-data", "FILE", "the KL text: this file (text or .jsonl)");
+  a.option("--kl-domain", "NAME", "the KL text: a built-in domain (default stories, see below)");
   a.option("--seq", "N", "bytes per sequence (at most the model's block size; default: the block size)");
   a.option("--out", "DIR", "adapter directory to write, with metrics.csv and checkpoint-STEP/ (full: a checkpoint file)");
   a.epilog(
@@ -446,6 +460,13 @@ int run_finetune(int argc, char** argv) {
       "--adapter-name: PEFT's save_pretrained writes a non-default adapter into a subdirectory named after it:\n"
       "  so does finetune (OUT/NAME/adapter_config.json; metrics.csv and checkpoint-STEP/ stay in OUT, and a\n"
       "  checkpoint holds checkpoint-STEP/NAME/). Load it with --adapter OUT/NAME.\n"
+      "--kl-weight X: the loss of each micro-batch gets X * KL(p_base || p_adapted), the mean over the positions\n"
+      "  of a batch of the KL text of sum_v p_base(v) (log p_base(v) - log p_adapted(v)); p_base is this model\n"
+      "  with its adapters disabled (no second copy), under no-grad; both in eval mode (no dropout), so the KL\n"
+      "  is exactly 0 at step 0. The KL text: --kl-data FILE, or --kl-domain NAME (the 90% of the built-in text\n"
+      "  that --old-domain leaves out), default stories (pretrain's default domain: a checkpoint does not record\n"
+      "  its domain). Costs one no-grad forward and one forward/backward more per micro-batch. metrics.csv: kl.\n"
+      "  Adapter methods only, without --modules-to-save or --init pissa (those leave no base to compare with).\n"
       "learning rates unless --lr: full 2e-3, lora / dora / qlora 2e-2, loraplus 5e-3 (B at 16x: 8e-2).\n"
       "example:\n  loragrad finetune --base base.safetensors --data notes.txt --method lora --r 8 --out my_adapter\n"
       "  loragrad finetune --base base.safetensors --data notes.txt --dora --qlora --rslora \\\n"
@@ -470,6 +491,20 @@ int run_finetune(int argc, char** argv) {
   const double ratio = a.real("--loraplus-ratio", 0, 1e9);
   if (!(ratio > 0)) throw UsageError("finetune: --loraplus-ratio must be positive, got " + a.str("--loraplus-ratio"));
   const bool loraplus = method == "loraplus";
+  // The KL to the base, checked with the other flags.
+  const double kl_weight = a.real("--kl-weight", 0, 1e6);
+  const bool kl = kl_weight > 0;
+  if (a.given("--kl-data") && a.given("--kl-domain"))
+    throw UsageError("finetune: give --kl-data FILE or --kl-domain NAME, not both");
+  if (!kl && (a.given("--kl-data") || a.given("--kl-domain")))
+    throw UsageError(std::string("finetune: ") + (a.given("--kl-data") ? "--kl-data" : "--kl-domain") +
+                     " needs --kl-weight X > 0");
+  if (kl && whole_model)
+    throw UsageError("finetune: --kl-weight needs an adapter method: --method full changes the weights themselves, "
+                     "so there is no base (the model with its adapters disabled) to compare with");
+  if (kl && a.given("--modules-to-save"))
+    throw UsageError("finetune: --kl-weight with --modules-to-save: those modules are trained in place, so the model "
+                     "with its adapters disabled is no longer the base");
   const bool dora = method == "dora" || a.is_set("--dora");
   const bool qlora = method == "qlora" || a.is_set("--qlora");
   // One name per combination, for the progress bar and the run's identity:
@@ -500,6 +535,9 @@ int run_finetune(int argc, char** argv) {
     cfg.qlora = qlora;
     cfg.use_rslora = a.is_set("--rslora");
     cfg.init_lora_weights = parse_init(a.str("--init"));
+    if (kl && cfg.init_lora_weights == lora::LoraInit::pissa)
+      throw UsageError("finetune: --kl-weight with --init pissa: PiSSA's base weight is the residual W0 - s B A, so "
+                       "the model with its adapters disabled is not the base");
     if (cfg.init_lora_weights == lora::LoraInit::pissa && qlora)
       throw UsageError("finetune: --init pissa needs a float base, not --qlora (PEFT refuses PiSSA on a 4-bit base "
                        "too: its SVD is of the full-precision weight)");
@@ -521,6 +559,23 @@ int run_finetune(int argc, char** argv) {
 
   // Every input is read before anything is printed or trained.
   const Texts texts = training_texts(a, "", tc.seed, /*old_flags=*/true);
+  // The KL text: a whole file, or the training 90% of a built-in domain (the
+  // part a base pretrained on it with this --seed has seen; --old-domain
+  // measures on the other tenth).
+  std::unique_ptr<data::Source> kl_source;
+  train::TextSource kl_text;
+  std::string kl_name;
+  if (kl) {
+    if (a.given("--kl-data")) {
+      kl_source = file_source(a.str("--kl-data"), 0.0, "--kl-data");
+      kl_name = "file:" + a.str("--kl-data");
+    } else {
+      const std::string domain = a.given("--kl-domain") ? a.str("--kl-domain") : "stories";
+      kl_source = builtin_source(domain, tc.seed, 0.1, "--kl-domain");
+      kl_name = "domain:" + domain;
+    }
+    kl_text = {kl_source.get(), data::Split::train};
+  }
   if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
   check_out(a, out);
   auto model = load_checkpoint(base);
@@ -583,8 +638,20 @@ int run_finetune(int argc, char** argv) {
               }};
   }
   print_texts(texts, tc.seq);
+  if (kl) {
+    identity["kl_data"] = kl_name;
+    std::cout << "KL to the base: weight " << kl_weight << " on " << printable(kl_name) << " ("
+              << describe(*kl_text.data, kl_text.split, tc.seq) << ")\n";
+  }
   train::Trainer trainer(*model, *opt, texts.train, texts.val, tc, output, identity);
   if (texts.old.data) trainer.track_old_loss(texts.old);
+  if (kl) {
+    try {
+      trainer.add_kl_to_base(kl_text, kl_weight);
+    } catch (const ValueError& e) {  // a KL text too short for --seq
+      throw UsageError(std::string("finetune: --kl-weight: ") + e.what());
+    }
+  }
   if (a.given("--resume")) trainer.resume(a.str("--resume"));
   const train::TrainResult res = trainer.fit();
   report(res, texts);

@@ -4,7 +4,8 @@
 # per-method default learning rates beating the unigram baseline, the
 # whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA,
 # modules_to_save, rank / alpha patterns, named adapters), instruction data
-# (JSONL, recipe-qa, generate --stop) and the forgetting report (~70 s).
+# (JSONL, recipe-qa, generate --stop), the forgetting report and the KL to
+# the base (~75 s).
 #
 #   sh tests/test_cli_train.sh path/to/loragrad
 set -u
@@ -23,11 +24,11 @@ below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "" && b != "" && a + 0 < 
 B="$T/base.safetensors"
 ok "pretrain" -- "$L" pretrain --steps 300 --quiet --out "$B"
 [ -s "$T/base.run/metrics.csv" ] || fail "pretrain wrote no $T/base.run/metrics.csv"
-head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss$' ||
+head -1 "$T/base.run/metrics.csv" | grep -q '^step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss,kl$' ||
   fail "metrics.csv header: $(head -1 "$T/base.run/metrics.csv")"
 # step 0 (validation before training), steps 1..300, validation at 60, 120, ... 300
 [ "$(grep -c . "$T/base.run/metrics.csv")" -eq 302 ] || fail "metrics.csv: $(grep -c . "$T/base.run/metrics.csv") lines, expected 302"
-grep -q '^0,,[0-9.]*,,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
+grep -q '^0,,[0-9.]*,,,,,$' "$T/base.run/metrics.csv" || fail "metrics.csv: no step-0 validation row"
 [ "$(awk -F, 'NR > 2 && $3 != ""' "$T/base.run/metrics.csv" | wc -l)" -eq 5 ] || fail "metrics.csv: expected 5 validation rows"
 
 # ---- each method's default learning rate reaches a useful model: below the unigram baseline ----
@@ -337,6 +338,45 @@ if ok "eval --old FILE --json" -- "$L" eval --base "$B" --adapter "$T/qa" --data
 fi
 err "eval --old without --adapter" 2 "give --adapter DIR" -- "$L" eval --base "$B" --domain recipe-qa --old-domain stories
 err "eval --old without the new data" 2 "--old needs the new domain too" -- "$L" eval --base "$B" --adapter "$T/qa" --old "$T/val.txt"
+
+# ---- KL to the base (issue 12, item 2) ----
+kl="--base $B --domain recipes --steps 6 --batch 4 --eval-every 3 --quiet"
+if ok "finetune --kl-weight 0.5 --kl-domain stories" -- "$L" finetune $kl --kl-weight 0.5 --kl-domain stories --save-every 3 --out "$T/kl"; then
+  grep -q "^KL to the base: weight 0.5 on domain:stories ([0-9,]* bytes)$" "$T/out" || fail "--kl-weight: no setup line: $(cat "$T/out")"
+  grep -q "^step 0: KL to the base 0 nats/position$" "$T/out" || fail "--kl-weight: the KL at step 0 is not 0: $(cat "$T/out")"
+  grep -q "^step 3: KL to the base [0-9.e+-]* nats/position (this step's batches)$" "$T/out" || fail "--kl-weight: no KL at step 3: $(cat "$T/out")"
+  grep -q "^KL to the base 0 before, [0-9.e+-]* after, nats/position" "$T/out" || fail "--kl-weight: no before/after: $(cat "$T/out")"
+  # kl (column 8): at each of the 6 steps, 0 at step 1 (measured before its update, at B = 0); not at step 0
+  [ "$(awk -F, 'NR > 1 && $8 != "" { n++ } END { print n + 0 }' "$T/kl/metrics.csv")" -eq 6 ] ||
+    fail "metrics.csv kl: $(cat "$T/kl/metrics.csv")"
+  [ "$(awk -F, '$1 == 1 { print $8 }' "$T/kl/metrics.csv")" = "0" ] || fail "metrics.csv: step 1's KL is not 0"
+  # the default KL text is stories: the same run
+  ok "--kl-weight 0.5 (default domain)" -- "$L" finetune $kl --kl-weight 0.5 --out "$T/kl_default"
+  cmp -s "$T/kl/adapter_model.safetensors" "$T/kl_default/adapter_model.safetensors" || fail "--kl-weight: the default KL text is not stories"
+  ok "--kl-weight: resume at 3" -- "$L" finetune $kl --kl-weight 0.5 --kl-domain stories --resume "$T/kl/checkpoint-3" --out "$T/kl_resumed"
+  cmp -s "$T/kl/adapter_model.safetensors" "$T/kl_resumed/adapter_model.safetensors" || fail "--kl-weight: the resumed adapter differs"
+  [ "$(cut -d, -f1-4,6- "$T/kl/metrics.csv")" = "$(cut -d, -f1-4,6- "$T/kl_resumed/metrics.csv")" ] ||
+    fail "--kl-weight: metrics.csv of the resumed run differs (apart from tokens/s)"
+  err "--kl-weight: resume with another weight" 1 "kl_weight: checkpoint 0.5, now 0.25" -- \
+    "$L" finetune $kl --kl-weight 0.25 --resume "$T/kl/checkpoint-3" --out "$T/x"
+  err "--kl-weight: resume with another text" 1 'kl_data: checkpoint "domain:stories", now "domain:code"' -- \
+    "$L" finetune $kl --kl-weight 0.5 --kl-domain code --resume "$T/kl/checkpoint-3" --out "$T/x"
+  err "--kl-weight: resume without it" 1 "kl_weight: checkpoint 0.5, now null" -- \
+    "$L" finetune $kl --resume "$T/kl/checkpoint-3" --out "$T/x"
+fi
+ok "--kl-weight --dora --qlora --kl-data FILE" -- "$L" finetune $kl --dora --qlora --kl-weight 1 --kl-data "$T/val.txt" --out "$T/kl_qdora"
+grep -q "^step 0: KL to the base 0 nats/position$" "$T/out" || fail "QDoRA --kl-weight: the KL at step 0 is not 0: $(cat "$T/out")"
+for bad in "--kl-weight -1:--kl-weight must be in \[0," "--kl-weight nan:--kl-weight expects a finite number" \
+  "--kl-weight inf:--kl-weight expects a finite number" "--kl-domain stories:--kl-domain needs --kl-weight X > 0" \
+  "--kl-weight 1 --kl-domain poems:--kl-domain must be stories, recipes, code or recipe-qa" \
+  "--kl-weight 1 --kl-domain stories --kl-data $T/val.txt:give --kl-data FILE or --kl-domain NAME, not both" \
+  "--kl-weight 1 --method full:--kl-weight needs an adapter method" \
+  "--kl-weight 1 --modules-to-save lm_head:--kl-weight with --modules-to-save" \
+  "--kl-weight 1 --init pissa:--kl-weight with --init pissa"; do
+  # shellcheck disable=SC2086
+  err "finetune ${bad%%:*}" 2 "${bad#*:}" -- "$L" finetune $kl ${bad%%:*} --out "$T/x"
+done
+err "--kl-data: a missing file" 1 "--kl-data .*nothing.txt: no such file" -- "$L" finetune $kl --kl-weight 1 --kl-data "$T/nothing.txt" --out "$T/x"
 [ -e "$T/x" ] && fail "a refused command left $T/x behind"
 
 echo "$checks checks, $failures failed"

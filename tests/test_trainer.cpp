@@ -193,7 +193,7 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_on_instruction_data) {
   }
   BOOST_TEST(old_steps == (std::vector<int64_t>{0, 2, 4}));
   const std::string csv = read_bytes(tmp.file("c") + "/metrics.csv");
-  BOOST_TEST(csv.rfind("step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss\n", 0) == 0u);
+  BOOST_TEST(csv.rfind("step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss,kl\n", 0) == 0u);
   // A tracked run resumed keeps the step-0 old loss it started from.
   const auto [again, ra] = run(tmp.file("d"), tmp.file("c") + "/checkpoint-2", true);
   BOOST_TEST(ra.old_loss_before == rt.old_loss_before);

@@ -59,6 +59,7 @@
 #include "loragrad/lora/peft_io.hpp"
 
 // train
+#include "loragrad/train/kl.hpp"
 #include "loragrad/train/progress.hpp"
 #include "loragrad/train/step.hpp"
 #include "loragrad/train/trainer.hpp"

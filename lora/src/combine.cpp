@@ -99,6 +99,22 @@ void enable_adapters(nn::Module& model) {
     layer->disable_adapters(!(layer->has_adapter(active) && layer->active_adapter() == active));
 }
 
+AdaptersDisabled::AdaptersDisabled(nn::Module& model) {
+  try {
+    for (const auto& [path, layer] : lora_layers(model)) {
+      layers_.emplace_back(layer, layer->adapters_disabled());
+      layer->disable_adapters(true);  // may unmerge, and so throw: the layers done so far come back
+    }
+  } catch (...) {
+    for (const auto& [layer, was_disabled] : layers_) layer->disable_adapters(was_disabled);
+    throw;
+  }
+}
+
+AdaptersDisabled::~AdaptersDisabled() {
+  for (const auto& [layer, was_disabled] : layers_) layer->disable_adapters(was_disabled);
+}
+
 void delete_adapter(nn::Module& model, const std::string& name) {
   const Layers layers = lora_layers(model);
   require_adapter(layers, model, name, "delete_adapter");

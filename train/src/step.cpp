@@ -8,6 +8,7 @@
 #include "loragrad/generator.hpp"
 #include "loragrad/ops.hpp"
 #include "loragrad/optim/clip_grad.hpp"
+#include "loragrad/train/kl.hpp"
 
 namespace loragrad::train {
 
@@ -55,7 +56,18 @@ double evaluate(nn::TinyGPT& model, const std::vector<data::Batch>& batches) {
 
 StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
                       double max_grad_norm) {
+  return train_step(model, optimizer, micro_batches, max_grad_norm, KLTerm{});
+}
+
+StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
+                      double max_grad_norm, const KLTerm& kl) {
   if (micro_batches.empty()) throw ValueError("train_step: no micro-batches");
+  const bool with_kl = kl.weight != 0.0;
+  if (with_kl && !(kl.weight > 0 && std::isfinite(kl.weight)))
+    throw ValueError("train_step: the KL weight must be positive and finite, got " + std::to_string(kl.weight));
+  if (with_kl && kl.batches.size() != micro_batches.size())
+    throw ValueError("train_step: " + std::to_string(kl.batches.size()) + " KL batches for " +
+                     std::to_string(micro_batches.size()) + " micro-batches (one each)");
   std::vector<Tensor> params;
   for (const optim::ParamGroup& g : optimizer.groups()) params.insert(params.end(), g.params.begin(), g.params.end());
 
@@ -68,6 +80,8 @@ StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std
   for (int64_t n : counts) total += static_cast<double>(n);
 
   StepResult r;
+  r.has_kl = with_kl;
+  if (with_kl) r.kl = 0.0;
   optimizer.zero_grad();
   const double k = static_cast<double>(micro_batches.size());
   for (size_t i = 0; i < micro_batches.size(); ++i) {
@@ -82,6 +96,18 @@ StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std
       return r;
     }
     (micro_batches.size() == 1 ? loss : loss * w).backward();
+    if (!with_kl) continue;
+    // The penalty's own forward and backward, after the loss's graph is
+    // freed; its gradients add to the loss's. Each micro-batch weighs 1 / K.
+    Tensor d = kl_to_base(model, kl.batches[i]);  // 0-d
+    const double kl_value = d.item();
+    r.kl += kl_value / k;
+    if (!std::isfinite(kl_value)) {
+      optimizer.zero_grad();
+      r.kl = kl_value;
+      return r;
+    }
+    (d * (kl.weight / k)).backward();
   }
   r.grad_norm = max_grad_norm > 0 ? optim::clip_grad_norm(params, max_grad_norm) : optim::grad_norm(params);
   if (!std::isfinite(r.grad_norm)) {
@@ -96,7 +122,9 @@ StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std
 void stop_unless_finite(const StepResult& r, int64_t step) {
   if (r.applied) return;
   const std::string what = !std::isfinite(r.loss) ? "the loss is " + std::to_string(r.loss)
-                                                  : "the gradient norm is " + std::to_string(r.grad_norm);
+                           : r.has_kl && !std::isfinite(r.kl)
+                               ? "the KL to the base is " + std::to_string(r.kl)
+                               : "the gradient norm is " + std::to_string(r.grad_norm);
   throw ValueError("step " + std::to_string(step) + ": " + what +
                    ": training stopped, nothing written (a learning rate too high, or NaN/Inf or huge values "
                    "in the weights or the adapter's scale)");

@@ -16,6 +16,7 @@
 #include "loragrad/memory.hpp"
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/nn/linear_base.hpp"
+#include "loragrad/train/kl.hpp"
 
 namespace loragrad::train {
 
@@ -39,11 +40,11 @@ std::string csv_number(double x) {
 
 std::string metrics_csv(const std::vector<MetricsRow>& rows) {
   // New columns go at the end: readers that pick columns by number keep working.
-  std::string s = "step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss\n";
+  std::string s = "step,train_loss,val_loss,lr,tokens_per_s,grad_norm,old_loss,kl\n";
   for (const MetricsRow& r : rows)
     s += std::to_string(r.step) + "," + csv_number(r.train_loss) + "," + csv_number(r.val_loss) + "," +
          csv_number(r.lr) + "," + csv_number(r.tokens_per_s) + "," + csv_number(r.grad_norm) + "," +
-         csv_number(r.old_loss) + "\n";
+         csv_number(r.old_loss) + "," + csv_number(r.kl) + "\n";
   return s;
 }
 
@@ -58,7 +59,9 @@ std::vector<MetricsRow> parse_metrics_csv(const std::string& text, const std::st
     std::stringstream ls(line);
     std::string cell;
     while (std::getline(ls, cell, ',')) cells.push_back(cell);
-    while (cells.size() < 7) cells.emplace_back();  // a checkpoint from before old_loss has 6
+    // A checkpoint from before old_loss has 6 cells, one from before kl 7
+    // (and a row whose last cells are empty ends early: getline drops them).
+    while (cells.size() < 8) cells.emplace_back();
     try {
       MetricsRow r;
       r.step = std::stoll(cells[0]);
@@ -68,6 +71,7 @@ std::vector<MetricsRow> parse_metrics_csv(const std::string& text, const std::st
       r.tokens_per_s = number(cells[4]);
       r.grad_norm = number(cells[5]);
       r.old_loss = number(cells[6]);
+      r.kl = number(cells[7]);
       rows.push_back(r);
     } catch (const std::exception&) {
       throw IOError(path + ": malformed line '" + printable(line) + "'");
@@ -154,7 +158,8 @@ Trainer::Trainer(nn::TinyGPT& model, optim::Optimizer& optimizer, TextSource tra
       output_(std::move(output)),
       identity_(std::move(identity)),
       schedule_((cfg_.validate(), cfg_.lr_schedule())),
-      batch_gen_(cfg_.seed + 2) {
+      batch_gen_(cfg_.seed + 2),
+      kl_gen_(cfg_.seed + 4) {
   if (!train_.data) throw ValueError("Trainer: no training text");
   const std::string why = train_.data->cannot_sample(train_.split, cfg_.seq);
   if (!why.empty()) throw ValueError("Trainer: " + why + " (use another seq, or more data)");
@@ -178,12 +183,32 @@ void Trainer::track_old_loss(TextSource old) {
   old_batches_ = fixed_batches(*old.data, old.split, cfg_.eval_batches, cfg_.batch, cfg_.seq, cfg_.seed + 3);
 }
 
+void Trainer::add_kl_to_base(TextSource data, double weight) {
+  if (resumed_) throw ValueError("Trainer::add_kl_to_base: call it before resume()");
+  if (!(weight > 0) || !std::isfinite(weight))
+    throw ValueError("Trainer::add_kl_to_base: the weight must be positive and finite, got " + std::to_string(weight));
+  if (!data.data) throw ValueError("Trainer::add_kl_to_base: no data");
+  const std::string why = data.data->cannot_sample(data.split, cfg_.seq);
+  if (!why.empty()) throw ValueError("Trainer::add_kl_to_base: " + why);
+  check_kl_to_base(model_);
+  kl_weight_ = weight;
+  kl_ = data;
+  kl_eval_batches_ = fixed_batches(*kl_.data, kl_.split, cfg_.eval_batches, cfg_.batch, cfg_.seq, cfg_.seed + 5);
+  identity_["kl_weight"] = weight;
+}
+
 std::string Trainer::checkpoint_name(int64_t step) { return "checkpoint-" + std::to_string(step); }
 
 std::vector<data::Batch> Trainer::next_micro_batches() {
   std::vector<data::Batch> mb;
   for (int64_t k = 0; k < cfg_.grad_accum; ++k) mb.push_back(train_.data->sample(train_.split, cfg_.batch, cfg_.seq, batch_gen_));
   return mb;
+}
+
+std::vector<data::Batch> Trainer::next_kl_batches() {
+  std::vector<data::Batch> kb;
+  for (int64_t k = 0; k < cfg_.grad_accum; ++k) kb.push_back(kl_.data->sample(kl_.split, cfg_.batch, cfg_.seq, kl_gen_));
+  return kb;
 }
 
 double Trainer::validate_now() {
@@ -200,6 +225,7 @@ double Trainer::validate_now() {
 // each dropout's (modules sharing one generator are listed once, by the first path).
 std::vector<std::pair<std::string, Generator*>> Trainer::generators() {
   std::vector<std::pair<std::string, Generator*>> out = {{"batches", &batch_gen_}};
+  if (kl_weight_ > 0) out.push_back({"kl", &kl_gen_});
   std::set<const Generator*> seen;
   for (const auto& [path, m] : model_.named_modules())
     if (auto* d = dynamic_cast<nn::Dropout*>(m.get()))
@@ -208,7 +234,7 @@ std::vector<std::pair<std::string, Generator*>> Trainer::generators() {
 }
 
 TrainResult Trainer::fit() {
-  const bool has_val = !val_batches_.empty(), has_old = !old_batches_.empty();
+  const bool has_val = !val_batches_.empty(), has_old = !old_batches_.empty(), has_kl = kl_weight_ > 0;
   const int64_t eval_every = cfg_.eval_every > 0 ? cfg_.eval_every : std::max<int64_t>(1, cfg_.steps / 5);
   const int64_t tokens_per_step = cfg_.batch * cfg_.seq * cfg_.grad_accum;
   TrainResult res;
@@ -228,6 +254,10 @@ TrainResult Trainer::fit() {
     if (r.step == 0) res.val_loss_before = r.val_loss, res.old_loss_before = r.old_loss;
   if (has_val && step_ == 0) std::printf("step 0: validation loss %.4f nats/byte\n", res.val_loss_before);
   if (has_old && step_ == 0) std::printf("step 0: old-domain loss %.4f nats/byte\n", res.old_loss_before);
+  if (has_kl && step_ == 0) {  // 0 while the adapter is a no-op (B = 0)
+    res.kl_before = evaluate_kl_to_base(model_, kl_eval_batches_);
+    std::printf("step 0: KL to the base %.4g nats/position\n", res.kl_before);
+  }
 
   const int64_t first = step_;
   bool stop = cfg_.early_stop > 0 && evals_since_best_ >= cfg_.early_stop;
@@ -236,13 +266,18 @@ TrainResult Trainer::fit() {
   while (!stop && step_ < cfg_.steps) {
     schedule_.apply(opt_, step_);
     const std::vector<data::Batch> mb = next_micro_batches();
+    KLTerm kl;
+    if (has_kl) {
+      kl.weight = kl_weight_;
+      kl.batches = next_kl_batches();
+    }
     MemoryUse before;
     weight_bytes(model_, before);
     const size_t opt_before = opt_.state_bytes();
     const size_t live_before = memory::live_bytes();
     memory::reset_peak();
     const auto t0 = std::chrono::steady_clock::now();
-    const StepResult s = train_step(model_, opt_, mb, cfg_.clip_norm);
+    const StepResult s = train_step(model_, opt_, mb, cfg_.clip_norm, kl);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const size_t peak = memory::peak_bytes();
     weight_bytes(model_, res.memory);
@@ -260,6 +295,7 @@ TrainResult Trainer::fit() {
     row.lr = opt_.groups()[0].lr;
     row.tokens_per_s = dt > 0 ? static_cast<double>(tokens_per_step) / dt : NAN;
     row.grad_norm = s.grad_norm;
+    row.kl = s.kl;
     res.last_train_loss = s.loss;
     char lr[32];
     std::snprintf(lr, sizeof lr, "lr %.1e", row.lr);
@@ -298,6 +334,13 @@ TrainResult Trainer::fit() {
       }
       progress.log(text);
     }
+    if (has_kl && (step_ % eval_every == 0 || step_ == cfg_.steps)) {
+      Progress::Paused pause(progress);
+      char line[128];
+      std::snprintf(line, sizeof line, "step %lld: KL to the base %.4g nats/position (this step's batches)",
+                    static_cast<long long>(step_), row.kl);
+      progress.log(line);
+    }
     metrics_.push_back(row);
     if (cfg_.save_every > 0 && step_ % cfg_.save_every == 0) {
       Progress::Paused pause(progress);
@@ -321,6 +364,7 @@ TrainResult Trainer::fit() {
   }
   if (has_val && std::isnan(res.final_val_loss)) res.final_val_loss = validate_now();  // resumed past the end
   if (has_old && std::isnan(res.final_old_loss)) res.final_old_loss = evaluate(model_, old_batches_);
+  if (has_kl) res.kl_after = evaluate_kl_to_base(model_, kl_eval_batches_);
   res.train_s = progress.train_s();
   res.steps_per_s = progress.steps_per_s();
   res.tokens_per_s = progress.tokens_per_s();
@@ -391,6 +435,12 @@ void Trainer::resume(const std::string& dir) {
     const json other = theirs.contains(key) ? theirs[key] : json(nullptr);
     if (other != mine) diffs.push_back(key + ": checkpoint " + printable(other.dump()) + ", now " + mine.dump());
   }
+  // And settings the checkpoint's run had and this one lacks (a KL weight
+  // resumed without one): keys only set when used.
+  if (theirs.is_object())
+    for (const auto& [key, other] : theirs.items())
+      if (!identity_.contains(key))
+        diffs.push_back(printable(key) + ": checkpoint " + printable(other.dump()) + ", now null");
   if (!diffs.empty()) {
     std::string msg = where + ": the checkpoint is of another run (";
     for (size_t i = 0; i < diffs.size(); ++i) msg += (i ? "; " : "") + diffs[i];
@@ -414,6 +464,7 @@ void Trainer::resume(const std::string& dir) {
   opt_.load((fs::path(dir) / kOptimizerFile).string());
   for (const auto& [name, gen] : gens) gen->set_offset(state["generators"][name]["offset"].get<uint64_t>());
   step_ = step;
+  resumed_ = true;
   best_val_ = state["best_val_loss"].is_number() ? state["best_val_loss"].get<double>() : NAN;
   best_step_ = state.value("best_step", int64_t{-1});
   evals_since_best_ = state.value("evals_since_best", int64_t{0});

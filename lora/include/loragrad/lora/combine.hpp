@@ -5,12 +5,16 @@
 // The model's active adapter is the one its LoRA layers run. A layer that
 // does not hold it runs as its base (as in PEFT, where such a layer skips the
 // missing adapter); loragrad marks such a layer disabled.
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "loragrad/nn/module.hpp"
 
 namespace loragrad::lora {
+
+class LoraLinear;
 
 // Names of every adapter in the model, in first-seen order.
 std::vector<std::string> adapter_names(const nn::Module& model);
@@ -32,6 +36,29 @@ void set_adapter(nn::Module& model, const std::string& name);
 void disable_adapters(nn::Module& model);
 // Undoes disable_adapters: the layers holding the active adapter run it again.
 void enable_adapters(nn::Module& model);
+
+// disable_adapters for a scope: every LoRA layer runs as its base until the
+// scope ends, also when it ends by an exception; then each layer gets back
+// its own disabled flag (not enable_adapters': a layer that was disabled
+// stays so). For computing the base model's output from the adapted model
+// itself, without a second copy of the weights (e.g. train/kl.hpp):
+//
+//   { lora::AdaptersDisabled off(model); base_logits = model.forward(x); }
+//
+// A merged layer is unmerged (as disable_adapters does) and stays unmerged:
+// its output with the adapter back on is the same up to rounding.
+class AdaptersDisabled {
+ public:
+  explicit AdaptersDisabled(nn::Module& model);
+  ~AdaptersDisabled();
+  AdaptersDisabled(const AdaptersDisabled&) = delete;
+  AdaptersDisabled& operator=(const AdaptersDisabled&) = delete;
+  // The LoRA layers it switched off (0: the model has none, and runs as it is).
+  size_t layers() const { return layers_.size(); }
+
+ private:
+  std::vector<std::pair<std::shared_ptr<LoraLinear>, bool>> layers_;  // each layer and its flag before
+};
 
 // Removes adapter `name` from every layer. If it was active, the alphabetically
 // first remaining adapter becomes active (as PEFT does). A layer left without

@@ -8,6 +8,7 @@
 //     stop_unless_finite(r, t + 1);
 //   }
 //   double val_loss = evaluate(model, val);
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -34,6 +35,17 @@ struct StepResult {
   double loss = 0.0;       // mean training loss of the step's micro-batches, before the update
   double grad_norm = 0.0;  // global L2 norm of the gradients before clipping
   bool applied = false;    // false: the loss or the gradient was not finite and the step was skipped
+  bool has_kl = false;     // a KLTerm was given (weight > 0)
+  double kl = NAN;         // then: the mean KL to the base over the micro-batches (kl.hpp), before the update
+};
+
+// The KL-to-base penalty of a step (kl.hpp): the objective becomes
+//   loss + weight * (1/K) sum_k kl_to_base(model, batches[k])
+// with one batch of the KL text per micro-batch (K of them). weight 0 (the
+// default): no penalty, and batches is not looked at.
+struct KLTerm {
+  double weight = 0.0;
+  std::vector<data::Batch> batches;  // one per micro-batch
 };
 
 // One optimisation step over one or more equal-sized micro-batches (gradient
@@ -51,10 +63,19 @@ struct StepResult {
 // gradients to clip.
 StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
                       double max_grad_norm);
+// The same with a KL penalty (kl.weight > 0): after each micro-batch's loss
+// backward, kl_to_base on its KL batch, backward of weight * KL / K (a graph
+// at a time: the peak memory stays that of one forward). A non-finite KL
+// skips the step as a non-finite loss does. ValueError when kl.batches does
+// not hold one batch per micro-batch, or the model has no base to compare
+// with (kl.hpp).
+StepResult train_step(nn::TinyGPT& model, optim::Optimizer& optimizer, const std::vector<data::Batch>& micro_batches,
+                      double max_grad_norm, const KLTerm& kl);
 
 // Training runs stop at the first skipped step rather than write a model that
-// learned nothing: throws ValueError "step N: the loss is nan ..." (with the
-// usual causes) when !r.applied. `step` counts from 1.
+// learned nothing: throws ValueError "step N: the loss is nan ..." (or the
+// KL to the base, or the gradient norm; with the usual causes) when
+// !r.applied. `step` counts from 1.
 void stop_unless_finite(const StepResult& r, int64_t step);
 
 }  // namespace loragrad::train

@@ -8,8 +8,12 @@
 //     eval_every steps and at the end, with early stopping on it; at the same
 //     moments, optionally, the loss on an old domain (track_old_loss), to
 //     see what the adaptation forgets;
+//   - optionally a penalty on the KL to the base (add_kl_to_base, kl.hpp):
+//     the loss of every micro-batch gets lambda * KL(p_base || p_adapted)
+//     on a batch of another text, the base being the model with its
+//     adapters disabled;
 //   - OUT/metrics.csv: step, train_loss, val_loss, lr, tokens_per_s,
-//     grad_norm, old_loss (empty cells: not measured at that step);
+//     grad_norm, old_loss, kl (empty cells: not measured at that step);
 //   - one data interface (data::Source): plain text and packed, prompt-masked
 //     instruction examples go through the same loop;
 //   - OUT/checkpoint-STEP/ every save_every steps: the model part (written by
@@ -76,6 +80,7 @@ struct MetricsRow {
   int64_t step = 0;
   double train_loss = NAN, val_loss = NAN, lr = NAN, tokens_per_s = NAN, grad_norm = NAN;
   double old_loss = NAN;  // the old domain's loss (track_old_loss), at validation steps
+  double kl = NAN;        // add_kl_to_base: the step's KL to the base (mean over its micro-batches, before the update)
 };
 
 // Tensor bytes of a run, measured by the storage allocator (memory.hpp), not
@@ -100,6 +105,9 @@ struct TrainResult {
   double best_val_loss = NAN;
   int64_t best_step = -1;
   double old_loss_before = NAN, final_old_loss = NAN;  // track_old_loss: step 0 and the last step
+  // add_kl_to_base: the KL to the base on eval_batches fixed batches of its
+  // text, before training (NaN when resumed) and after the last step.
+  double kl_before = NAN, kl_after = NAN;
   bool stopped_early = false;
   double tokens_per_s = 0.0, steps_per_s = 0.0, train_s = 0.0;
   std::vector<MetricsRow> metrics;
@@ -137,6 +145,17 @@ class Trainer {
   // old (seed + 3); training is unchanged. Call before fit() (and resume()).
   void track_old_loss(TextSource old);
 
+  // Adds weight * KL(p_base || p_adapted) on `data` (kl.hpp) to every
+  // micro-batch's loss: one batch of `data` per micro-batch, drawn with a
+  // generator of its own (seed + 4, checkpointed with the others); the KL of
+  // each step goes to MetricsRow::kl, and the KL on eval_batches fixed batches
+  // (seed + 5) before and after training to TrainResult. The weight joins the
+  // identity ("kl_weight"), so resume() refuses a checkpoint of a run with
+  // another weight or none. ValueError for a weight that is not positive and
+  // finite, a text too short for seq, or a model without a base to compare
+  // with (kl.hpp: no LoRA layer, modules_to_save, PiSSA). Call before resume().
+  void add_kl_to_base(TextSource data, double weight);
+
   // Called after each validation (step 0 included) with the step and the
   // validation loss, in eval mode without a graph: e.g. to measure forgetting
   // on another text at the same moments.
@@ -149,6 +168,7 @@ class Trainer {
   void save_checkpoint();
   void write_metrics() const;
   std::vector<data::Batch> next_micro_batches();
+  std::vector<data::Batch> next_kl_batches();
   double validate_now();
   std::vector<std::pair<std::string, Generator*>> generators();
 
@@ -161,6 +181,11 @@ class Trainer {
   optim::LRSchedule schedule_;
   Generator batch_gen_;
   std::vector<data::Batch> val_batches_, old_batches_;
+  double kl_weight_ = 0.0;  // 0: no KL penalty
+  TextSource kl_;
+  Generator kl_gen_;
+  std::vector<data::Batch> kl_eval_batches_;
+  bool resumed_ = false;
 
   int64_t step_ = 0;
   double best_val_ = NAN;
