@@ -4,6 +4,7 @@
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/data/instruction_dataset.hpp"
+#include "loragrad/data/mixed_source.hpp"
 
 namespace loragrad::cli {
 
@@ -25,6 +26,7 @@ std::unique_ptr<data::Source> builtin_source(const std::string& name, uint64_t s
 }
 
 const data::InstructionDataset* instructions_of(const data::Source* s) {
+  if (const auto* m = dynamic_cast<const data::MixedSource*>(s)) return instructions_of(&m->primary());
   return dynamic_cast<const data::InstructionDataset*>(s);
 }
 

@@ -25,7 +25,7 @@ std::unique_ptr<data::Source> file_source(const std::string& path, double fracti
 std::unique_ptr<data::Source> builtin_source(const std::string& name, uint64_t seed, double fraction,
                                              const std::string& flag);
 
-// The InstructionDataset behind a source, or null for text.
+// The InstructionDataset behind a source (a MixedSource's primary), or null for text.
 const data::InstructionDataset* instructions_of(const data::Source* s);
 
 // One split, for the log: "12,345 bytes" or "120 examples, 9,000 response bytes scored, 3 truncated".

@@ -17,6 +17,7 @@
 #include "data_sources.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/data/corpus.hpp"
+#include "loragrad/data/mixed_source.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/lora/inject.hpp"
@@ -59,6 +60,7 @@ void add_training_flags(Args& a, const std::string& steps, const std::string& we
   a.option("--data", "FILE", "train on this text file (any bytes), or FILE.jsonl: {\"prompt\", \"response\"} lines");
   a.option("--val-data", "FILE", "validate on this file (default: the last --val-fraction of the training data)");
   a.option("--val-fraction", "X", "held-out share of the training text (of a .jsonl's examples), in [0, 0.5]", "0.1");
+  a.option("--mix", "SPEC", "DOMAIN:FRACTION or FILE:FRACTION: that share of every batch's rows from general text");
   a.option("--steps", "N", "optimizer steps", steps);
   a.option("--batch", "N", "sequences per micro-batch", "8");
   a.option("--grad-accum", "K", "micro-batches per step (a K-times larger batch)", "1");
@@ -103,12 +105,35 @@ double learning_rate(const Args& a, const std::string& method) {
   return lr;
 }
 
-// The training data, the held-out data it is measured on, and (finetune
-// --old-data / --old-domain) the old domain whose loss is tracked.
+// The training data, the held-out data it is measured on, (--mix) the
+// general text mixed into every training batch, and (finetune --old-data /
+// --old-domain) the old domain whose loss is tracked.
 struct Texts {
-  std::unique_ptr<data::Source> data, val_file, old_data;
+  std::unique_ptr<data::Source> data, val_file, old_data, general, mixed;
   train::TextSource train, val, old;
+  std::string mix_name;                 // --mix's domain or file ("" without --mix)
+  double mix_fraction = 0.0;
+  nlohmann::json mix_identity = nullptr;  // part of the run's identity: null without --mix
 };
+
+// --mix SPEC: DOMAIN:FRACTION or FILE:FRACTION, split at the last ':' (a path
+// may hold ':'); a built-in domain name wins over a file of that name (write
+// ./stories for the file). FRACTION in [0, 1).
+std::pair<std::string, double> parse_mix(const std::string& spec) {
+  const std::string expected = std::string("--mix expects DOMAIN:FRACTION or FILE:FRACTION (DOMAIN ") + kDomainNames +
+                               ", FRACTION in [0, 1), e.g. stories:0.1), got '" + spec + "'";
+  const size_t colon = spec.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size()) throw UsageError(expected);
+  const std::string name = spec.substr(0, colon), number = spec.substr(colon + 1);
+  char* end = nullptr;
+  const double f = std::isspace(static_cast<unsigned char>(number[0])) ? NAN : std::strtod(number.c_str(), &end);
+  if (std::isnan(f) || end != number.c_str() + number.size() || !(f >= 0.0 && f < 1.0)) throw UsageError(expected);
+  return {name, f};
+}
+
+bool is_builtin_domain(const std::string& name) {
+  return name == "stories" || name == "recipes" || name == "code" || name == "recipe-qa";
+}
 
 // old_flags: the command declares --old-data and --old-domain (finetune).
 Texts training_texts(const Args& a, const std::string& default_domain, uint64_t seed, bool old_flags = false) {
@@ -132,6 +157,19 @@ Texts training_texts(const Args& a, const std::string& default_domain, uint64_t 
   } else if (fraction > 0) {
     t.val = {t.data.get(), data::Split::validation};
   }
+  // --mix: the rows come from the general source's train split: a whole
+  // file, or the first nine tenths of a built-in domain (its held-out tenth
+  // is what --old-domain measures forgetting on). Validation stays on the
+  // training data alone (data::MixedSource).
+  if (a.given("--mix")) {
+    const auto [name, f] = parse_mix(a.str("--mix"));
+    t.general = is_builtin_domain(name) ? builtin_source(name, seed, 0.1, "--mix") : file_source(name, 0.0, "--mix");
+    t.mixed = std::make_unique<data::MixedSource>(*t.data, *t.general, f);
+    t.train = {t.mixed.get(), data::Split::train};
+    t.mix_name = name;
+    t.mix_fraction = f;
+    t.mix_identity = {{"data", name}, {"fraction", f}};
+  }
   // The old domain: a whole file, or the held-out tenth of a built-in one
   // (text the base was not trained on when it was pretrained with this --seed).
   if (!old_flags) return t;
@@ -147,7 +185,18 @@ Texts training_texts(const Args& a, const std::string& default_domain, uint64_t 
   return t;
 }
 
-void print_texts(const Texts& t, int64_t seq) {
+// "mixing 10% stories into every batch (0 or 1 of 8 rows, 0.8 on average)".
+std::string mix_line(const Texts& t, int64_t batch) {
+  const double rows = t.mix_fraction * static_cast<double>(batch);
+  const int64_t lo = static_cast<int64_t>(std::floor(rows)), hi = static_cast<int64_t>(std::ceil(rows));
+  std::ostringstream os;
+  os << "mixing " << t.mix_fraction * 100 << "% " << t.mix_name << " into every batch (";
+  if (lo == hi) os << lo << " of " << batch << " rows)";
+  else os << lo << " or " << hi << " of " << batch << " rows, " << rows << " on average)";
+  return os.str();
+}
+
+void print_texts(const Texts& t, int64_t seq, int64_t batch) {
   if (instructions_of(t.train.data) || instructions_of(t.val.data)) {
     // Instruction data: counted in examples; the loss (and its baseline) is over response bytes.
     std::cout << "data (seq " << seq << "): train " << describe(*t.train.data, t.train.split, seq);
@@ -170,6 +219,7 @@ void print_texts(const Texts& t, int64_t seq) {
     }
     std::cout << "\n";
   }
+  if (t.mixed) std::cout << mix_line(t, batch) << "\n";
   if (t.old.data) std::cout << "old domain: " << describe(*t.old.data, t.old.split, seq) << ", its loss tracked at each validation\n";
 }
 
@@ -402,12 +452,12 @@ int run_pretrain(int argc, char** argv) {
   const Texts texts = training_texts(a, a.given("--data") ? "" : "stories", tc.seed);
   if (a.given("--resume")) check_dir(a.str("--resume"), "--resume");
   check_out(a, out);
-  print_texts(texts, tc.seq);
+  print_texts(texts, tc.seq, tc.batch);
   auto model = std::make_shared<nn::TinyGPT>(cfg);
   std::cout << "model: TinyGPT d_model " << cfg.d_model << ", " << cfg.n_layer << " layers, " << cfg.n_head
             << " heads, block " << cfg.block_size << ": " << with_commas(model->num_parameters()) << " parameters\n";
   optim::AdamW opt(decay_groups(*model, lr, weight_decay));
-  const nlohmann::json identity = {{"method", "pretrain"}};
+  const nlohmann::json identity = {{"method", "pretrain"}, {"mix", texts.mix_identity}};
   train::Trainer trainer(*model, opt, texts.train, texts.val, tc, checkpoint_output(*model), identity);
   if (a.given("--resume")) trainer.resume(a.str("--resume"));
   const train::TrainResult r = trainer.fit();
@@ -586,7 +636,7 @@ int run_finetune(int argc, char** argv) {
                      std::to_string(block));
   if (seq_flag == 0) tc.seq = block;
 
-  nlohmann::json identity = {{"method", label}};
+  nlohmann::json identity = {{"method", label}, {"mix", texts.mix_identity}};
   std::unique_ptr<optim::AdamW> opt;
   train::Trainer::Output output;
   if (whole_model) {
@@ -637,7 +687,7 @@ int run_finetune(int argc, char** argv) {
                 lora::load_adapter_weights(*model, lora::adapter_subdir(dir, adapter_name), adapter_name);
               }};
   }
-  print_texts(texts, tc.seq);
+  print_texts(texts, tc.seq, tc.batch);
   if (kl) {
     identity["kl_data"] = kl_name;
     std::cout << "KL to the base: weight " << kl_weight << " on " << printable(kl_name) << " ("

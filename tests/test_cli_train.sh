@@ -4,8 +4,8 @@
 # per-method default learning rates beating the unigram baseline, the
 # whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA,
 # modules_to_save, rank / alpha patterns, named adapters), instruction data
-# (JSONL, recipe-qa, generate --stop), the forgetting report and the KL to
-# the base (~75 s).
+# (JSONL, recipe-qa, generate --stop), the forgetting report, the KL to the
+# base and data mixing (--mix) (~85 s).
 #
 #   sh tests/test_cli_train.sh path/to/loragrad
 set -u
@@ -377,6 +377,33 @@ for bad in "--kl-weight -1:--kl-weight must be in \[0," "--kl-weight nan:--kl-we
   err "finetune ${bad%%:*}" 2 "${bad#*:}" -- "$L" finetune $kl ${bad%%:*} --out "$T/x"
 done
 err "--kl-data: a missing file" 1 "--kl-data .*nothing.txt: no such file" -- "$L" finetune $kl --kl-weight 1 --kl-data "$T/nothing.txt" --out "$T/x"
+[ -e "$T/x" ] && fail "a refused command left $T/x behind"
+
+# ---- data mixing (issue 12, item 3): --mix DOMAIN:FRACTION or FILE:FRACTION ----
+mix="--base $B --domain recipe-qa --steps 4 --batch 4 --quiet"
+if ok "finetune --mix stories:0.25" -- "$L" finetune $mix --mix stories:0.25 --save-every 2 --out "$T/mix"; then
+  grep -q "^mixing 25% stories into every batch (1 of 4 rows)$" "$T/out" || fail "--mix: $(grep '^mixing' "$T/out")"
+  grep -q "^data (seq 64): train 3600 examples" "$T/out" || fail "--mix: the data line is the primary's: $(grep '^data' "$T/out")"
+fi
+ok "--mix: resume at 2" -- "$L" finetune $mix --mix stories:0.25 --resume "$T/mix/checkpoint-2" --out "$T/mix2"
+cmp -s "$T/mix/adapter_model.safetensors" "$T/mix2/adapter_model.safetensors" || fail "--mix: the resumed adapter differs"
+[ "$(cut -d, -f1-4,6- "$T/mix/metrics.csv")" = "$(cut -d, -f1-4,6- "$T/mix2/metrics.csv")" ] ||
+  fail "--mix: metrics.csv of the resumed run differs (apart from tokens/s)"
+err "resume without the --mix" 1 'mix: checkpoint {"data":"stories","fraction":0.25}, now null' -- \
+  "$L" finetune $mix --resume "$T/mix/checkpoint-2" --out "$T/x"
+err "resume with another --mix" 1 'mix: checkpoint {"data":"stories","fraction":0.25}, now {"data":"code","fraction":0.25}' -- \
+  "$L" finetune $mix --mix code:0.25 --resume "$T/mix/checkpoint-2" --out "$T/x"
+if ok "--mix FILE:FRACTION" -- "$L" finetune $mix --mix "$T/val.txt:0.1" --out "$T/mixf"; then
+  grep -q "^mixing 10% $T/val.txt into every batch (0 or 1 of 4 rows, 0.4 on average)$" "$T/out" ||
+    fail "--mix FILE: $(grep '^mixing' "$T/out")"
+fi
+ok "pretrain --mix" -- "$L" pretrain --steps 2 --mix code:0.5 --quiet --out "$T/base_mix.safetensors"
+grep -q "^mixing 50% code into every batch (4 of 8 rows)$" "$T/out" || fail "pretrain --mix: $(grep '^mixing' "$T/out")"
+for bad in stories stories: :0.1 stories:1 stories:-0.1 stories:x stories:0.1x stories:nan "stories: 0.1"; do
+  err "--mix '$bad'" 2 "--mix expects DOMAIN:FRACTION or FILE:FRACTION (DOMAIN stories|recipes|code|recipe-qa, FRACTION in \[0, 1)" -- \
+    "$L" finetune --base "$B" --domain recipes --mix "$bad" --out "$T/x"
+done
+err "--mix of a missing file" 1 "--mix $T/nothing.txt: no such file" -- "$L" finetune $mix --mix "$T/nothing.txt:0.1" --out "$T/x"
 [ -e "$T/x" ] && fail "a refused command left $T/x behind"
 
 echo "$checks checks, $failures failed"

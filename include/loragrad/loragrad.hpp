@@ -44,6 +44,7 @@
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/data/instruction_dataset.hpp"
 #include "loragrad/data/jsonl.hpp"
+#include "loragrad/data/mixed_source.hpp"
 #include "loragrad/data/source.hpp"
 
 // lora
