@@ -30,6 +30,12 @@
 // loss on stories over the steps, log scale, with the pretrained model's loss
 // and the unigram baseline as lines).
 //
+// Then the seed's training advice (demo_advice.hpp), on the same base model:
+// instruction tuning on the built-in recipe-qa task (response-only loss,
+// exact answers before and after, one sample answer), and the forgetting
+// trade-off: the lora_all run plain, with stories mixed into its batches, and
+// with a KL penalty to the base at three weights (new-domain vs old-domain loss).
+//
 // Exit status: 0 when every check holds, 1 when one fails (or on a runtime
 // error), 2 on a bad command line.
 #include <omp.h>
@@ -708,7 +714,22 @@ int run(const Options& o, const std::vector<std::string>& args) {
   demo::AdviceSetup advice{base_path, o.out, o.steps, o.batch, o.seq, o.eval_batches, o.corpus_bytes,
                            o.steps >= 300 ? 50 : 10, o.seed, o.quiet};
   std::cout << "instruction tuning: LoRA on recipe-qa (" << o.steps << " steps)\n";
-  demo::print(demo::instruction_tuning(advice), std::cout);
+  const demo::InstructionReport sft = demo::instruction_tuning(advice);
+  demo::print(sft, std::cout);
+  if (!(sft.loss_after < sft.loss_before)) {
+    std::cerr << "demo: instruction tuning did not lower the held-out response loss\n";
+    ok = false;
+  }
+  std::cout << "\nforgetting trade-off: LoRA on recipes plain, with stories mixed in, with a KL to the base\n";
+  const demo::TradeoffReport tradeoff = demo::forgetting_tradeoff(advice);
+  demo::print(tradeoff, std::cout);
+  // What the table is there to show: replay and the KL penalty both keep more of the old domain.
+  const demo::TradeoffRow& plain = tradeoff.rows.front();
+  for (const demo::TradeoffRow& row : tradeoff.rows)
+    if ((row.mix >= 0.3 || row.kl_weight >= 1.0) && !(row.loss_old < plain.loss_old)) {
+      std::cerr << "demo: " << row.name << " forgot as much as the plain run\n";
+      ok = false;
+    }
   std::cout << "\n";
 
   std::vector<demo::Curve> curves_b, curves_a;
@@ -734,7 +755,7 @@ int run(const Options& o, const std::vector<std::string>& args) {
   std::cout << "peak RSS " << format_bytes(static_cast<double>(memory::peak_rss_bytes()))
             << " (this process: corpora, pretraining, the table; each method's is in the table)\n";
   if (!ok) {
-    std::cerr << "demo: a check failed (see 'A off=base' and 'reload diff')\n";
+    std::cerr << "demo: a check failed (see 'A off=base', 'reload diff' and the messages above)\n";
     return 1;
   }
   return 0;

@@ -42,4 +42,22 @@ struct InstructionReport {
 InstructionReport instruction_tuning(const AdviceSetup& s);
 void print(const InstructionReport& r, std::ostream& os);
 
+// One LoRA run of the trade-off: what it learned (new domain, recipes) and
+// what it kept (old domain, stories), both on fixed held-out batches.
+struct TradeoffRow {
+  std::string name;           // "plain", "mix 10%", "KL 0.3", ...
+  double mix = 0, kl_weight = 0;
+  double loss_new = 0;        // validation loss on recipes after training
+  double loss_old = 0;        // loss on stories with the adapter on
+  double kl_after = 0;        // KL(p_base || p_adapted) on stories after training (NaN when not tracked)
+  double step_ms = 0;         // median
+};
+struct TradeoffReport {
+  double base_new = 0, base_old = 0;  // the pretrained model's losses
+  std::vector<TradeoffRow> rows;
+};
+
+TradeoffReport forgetting_tradeoff(const AdviceSetup& s);
+void print(const TradeoffReport& r, std::ostream& os);
+
 }  // namespace demo
