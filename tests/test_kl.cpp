@@ -22,22 +22,17 @@
 #include "loragrad/train/kl.hpp"
 #include "loragrad/train/trainer.hpp"
 #include "test_util.hpp"
+#include "train_fixtures.hpp"
 
 using namespace loragrad;
 using namespace loragrad::train;
+using namespace fixtures;
 namespace fs = std::filesystem;
 
 namespace {
 
 std::shared_ptr<nn::TinyGPT> tiny(DType dt = DType::f32, int64_t d_model = 32, int64_t block = 16) {
-  nn::TinyGPTConfig c;
-  c.block_size = block;
-  c.d_model = d_model;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.seed = 4;
-  c.dtype = dt;
-  auto m = std::make_shared<nn::TinyGPT>(c);
+  auto m = tiny_gpt(block, d_model, dt);
   // A fresh head (std 0.02) makes every distribution nearly uniform, and every
   // KL nearly 0: give it the scale of a trained one.
   for (auto& [name, p] : m->named_parameters())
@@ -45,25 +40,9 @@ std::shared_ptr<nn::TinyGPT> tiny(DType dt = DType::f32, int64_t d_model = 32, i
   return m;
 }
 
-const data::ByteDataset& recipes() {
-  static const data::ByteDataset data(data::builtin_corpus(data::Domain::recipes, 30000, 3), 0.1);
-  return data;
-}
-const data::ByteDataset& stories() {
-  static const data::ByteDataset data(data::builtin_corpus(data::Domain::stories, 30000, 3), 0.1);
-  return data;
-}
-
 data::Batch text_batch(int64_t batch, int64_t seq, uint64_t seed = 11) {
   Generator gen(seed);
   return stories().sample(data::Split::train, batch, seq, gen);
-}
-
-std::vector<Tensor> trainable(const nn::Module& m) {
-  std::vector<Tensor> ps;
-  for (const Tensor& p : m.parameters())
-    if (p.requires_grad()) ps.push_back(p);
-  return ps;
 }
 
 lora::LoraConfig adapter(bool dora, bool qlora, lora::LoraInit init = lora::LoraInit::standard) {
@@ -114,15 +93,6 @@ bool any_disabled(const nn::Module& m) {
   for (const auto& [path, layer] : lora::lora_layers(m))
     if (layer->adapters_disabled()) return true;
   return false;
-}
-
-TrainConfig small_config() {
-  TrainConfig c;
-  c.steps = 4;
-  c.batch = 2;
-  c.seq = 16;
-  c.quiet = true;
-  return c;
 }
 
 }  // namespace

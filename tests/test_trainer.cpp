@@ -13,67 +13,18 @@
 #include "loragrad/optim/adamw.hpp"
 #include "loragrad/train/trainer.hpp"
 #include "test_util.hpp"
+#include "train_fixtures.hpp"
 
 using namespace loragrad;
 using namespace loragrad::train;
-
-namespace {
-
-std::shared_ptr<nn::TinyGPT> tiny() {
-  nn::TinyGPTConfig c;
-  c.block_size = 16;
-  c.d_model = 32;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.seed = 4;
-  return std::make_shared<nn::TinyGPT>(c);
-}
-
-const data::ByteDataset& recipes() {
-  static const data::ByteDataset data(data::builtin_corpus(data::Domain::recipes, 30000, 3), 0.1);
-  return data;
-}
-
-// recipe-qa examples need a block of 64 (the task's longest example is 65 bytes).
-std::shared_ptr<nn::TinyGPT> tiny64() {
-  nn::TinyGPTConfig c;
-  c.block_size = 64;
-  c.d_model = 32;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.seed = 4;
-  return std::make_shared<nn::TinyGPT>(c);
-}
-
-const data::InstructionDataset& questions() {
-  static const data::InstructionDataset data(data::recipe_questions(300, 3), 0.1);
-  return data;
-}
-
-std::vector<Tensor> trainable(const nn::Module& m) {
-  std::vector<Tensor> ps;
-  for (const Tensor& p : m.parameters())
-    if (p.requires_grad()) ps.push_back(p);
-  return ps;
-}
-
-TrainConfig small_config() {
-  TrainConfig c;
-  c.steps = 4;
-  c.batch = 2;
-  c.seq = 16;
-  c.quiet = true;
-  return c;
-}
-
-}  // namespace
+using namespace fixtures;
 
 // Item 8 of issue 9: bytes by kind, measured. For an adapter, the gradients
 // and AdamW's moments are those of the adapter only, and the frozen base
 // (4-bit under QLoRA) dominates the weights.
 BOOST_AUTO_TEST_CASE(memory_is_measured_by_kind) {
   for (bool qlora : {false, true}) {
-    auto model = tiny();
+    auto model = tiny_gpt();
     lora::LoraConfig cfg;
     cfg.target_modules = {"all-linear"};
     cfg.qlora = qlora;
@@ -101,7 +52,7 @@ BOOST_AUTO_TEST_CASE(memory_is_measured_by_kind) {
 }
 
 BOOST_AUTO_TEST_CASE(bad_configurations_are_refused) {
-  auto model = tiny();
+  auto model = tiny_gpt();
   optim::AdamW opt(model->parameters(), 1e-3, 0.0);
   const TextSource train{&recipes(), data::Split::train};
   auto with = [&](auto change, const std::vector<std::string>& words) {
@@ -122,7 +73,7 @@ BOOST_AUTO_TEST_CASE(bad_configurations_are_refused) {
 BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit) {
   TempDir tmp;
   auto run = [&](const std::string& out, const std::string& resume_from) {
-    auto model = tiny();
+    auto model = tiny_gpt();
     lora::LoraConfig cfg;
     cfg.target_modules = {"q_proj", "v_proj"};
     cfg.lora_dropout = 0.2;
@@ -151,7 +102,7 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit) {
 BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_on_instruction_data) {
   TempDir tmp;
   auto run = [&](const std::string& out, const std::string& resume_from, bool track_old) {
-    auto model = tiny64();
+    auto model = tiny_gpt(64);
     lora::LoraConfig cfg;
     cfg.target_modules = {"q_proj", "v_proj"};
     cfg.lora_dropout = 0.1;
@@ -208,7 +159,7 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_on_instruction_data) {
 BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_with_mixing) {
   TempDir tmp;
   auto run = [&](const std::string& out, const std::string& resume_from, double fraction) {
-    auto model = tiny64();
+    auto model = tiny_gpt(64);
     lora::LoraConfig cfg;
     cfg.target_modules = {"q_proj", "v_proj"};
     lora::apply_lora(*model, cfg);
