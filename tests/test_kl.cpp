@@ -280,13 +280,8 @@ BOOST_AUTO_TEST_CASE(resume_with_kl_continues_bit_for_bit) {
     cfg.lora_dropout = 0.2;
     lora::apply_lora(*model, cfg);
     optim::AdamW opt(trainable(*model), 1e-2, 0.0);
-    TrainConfig c = small_config();
-    c.grad_accum = 2;
-    c.eval_every = 2;
-    c.save_every = 2;
-    c.out_dir = out;
-    Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
-                      [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    TrainConfig c = resumable_config(out);
+    const Trainer::Output o = adapter_output(*model);
     Trainer t(*model, opt, {&recipes(), data::Split::train}, {&recipes(), data::Split::validation}, c, o,
               {{"method", "lora"}});
     if (weight > 0) t.add_kl_to_base({&stories(), data::Split::train}, weight);
@@ -342,8 +337,7 @@ BOOST_AUTO_TEST_CASE(old_metrics_files_still_resume) {
     TrainConfig c = small_config();
     c.save_every = 2;
     c.out_dir = out;
-    Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
-                      [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    const Trainer::Output o = adapter_output(*model);
     Trainer t(*model, opt, {&recipes(), data::Split::train}, {&recipes(), data::Split::validation}, c, o, {});
     if (!resume_from.empty()) t.resume(resume_from);
     return t.fit();

@@ -82,8 +82,7 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit) {
     TrainConfig c = small_config();
     c.save_every = 2;
     c.out_dir = out;
-    Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
-                      [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    const Trainer::Output o = adapter_output(*model);
     Trainer t(*model, opt, {&recipes(), data::Split::train}, {&recipes(), data::Split::validation}, c, o,
               {{"method", "lora"}});
     if (!resume_from.empty()) t.resume(resume_from);
@@ -108,14 +107,9 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_on_instruction_data) {
     cfg.lora_dropout = 0.1;
     lora::apply_lora(*model, cfg);
     optim::AdamW opt(trainable(*model), 1e-2, 0.0);
-    TrainConfig c = small_config();
+    TrainConfig c = resumable_config(out);  // micro-batches with different target counts
     c.seq = 64;
-    c.grad_accum = 2;  // micro-batches with different target counts
-    c.eval_every = 2;
-    c.save_every = 2;
-    c.out_dir = out;
-    Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
-                      [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    const Trainer::Output o = adapter_output(*model);
     Trainer t(*model, opt, {&questions(), data::Split::train}, {&questions(), data::Split::validation}, c, o,
               {{"method", "lora"}});
     if (track_old) t.track_old_loss({&recipes(), data::Split::validation});
@@ -164,15 +158,10 @@ BOOST_AUTO_TEST_CASE(resume_continues_bit_for_bit_with_mixing) {
     cfg.target_modules = {"q_proj", "v_proj"};
     lora::apply_lora(*model, cfg);
     optim::AdamW opt(trainable(*model), 1e-2, 0.0);
-    TrainConfig c = small_config();
+    TrainConfig c = resumable_config(out);
     c.seq = 64;
     c.batch = 3;
-    c.grad_accum = 2;
-    c.eval_every = 2;
-    c.save_every = 2;
-    c.out_dir = out;
-    Trainer::Output o{[&](const std::string& dir) { lora::save_adapter(*model, dir, "default", true); },
-                      [&](const std::string& dir) { lora::load_adapter_weights(*model, dir); }};
+    const Trainer::Output o = adapter_output(*model);
     const data::MixedSource mixed(questions(), recipes(), fraction);
     Trainer t(*model, opt, {&mixed, data::Split::train}, {&questions(), data::Split::validation}, c, o,
               {{"method", "lora"}, {"mix", fraction}});

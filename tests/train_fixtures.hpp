@@ -3,11 +3,13 @@
 // train on (made once per test program), the trainable parameters of a model
 // and a short TrainConfig.
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "loragrad/data/byte_dataset.hpp"
 #include "loragrad/data/corpus.hpp"
 #include "loragrad/data/instruction_dataset.hpp"
+#include "loragrad/lora/peft_io.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 #include "loragrad/train/trainer.hpp"
 
@@ -59,6 +61,24 @@ inline loragrad::train::TrainConfig small_config() {
   c.seq = 16;
   c.quiet = true;
   return c;
+}
+
+// small_config() for the resume tests: accumulation 2 (micro-batches of
+// different target counts with instruction data), a validation and a
+// checkpoint every 2 steps, into out.
+inline loragrad::train::TrainConfig resumable_config(const std::string& out) {
+  loragrad::train::TrainConfig c = small_config();
+  c.grad_accum = 2;
+  c.eval_every = 2;
+  c.save_every = 2;
+  c.out_dir = out;
+  return c;
+}
+
+// The Trainer's checkpoint part of an adapter run: the adapter "default" in PEFT's files.
+inline loragrad::train::Trainer::Output adapter_output(loragrad::nn::TinyGPT& model) {
+  return {[&model](const std::string& dir) { loragrad::lora::save_adapter(model, dir, "default", true); },
+          [&model](const std::string& dir) { loragrad::lora::load_adapter_weights(model, dir); }};
 }
 
 }  // namespace fixtures
