@@ -63,7 +63,7 @@ clean:
 FUZZ_DEBS      := clang-14 libclang-rt-14-dev libomp-dev
 FUZZ_BUILD     ?= build-fuzz
 FUZZ_SECONDS   ?= 60
-FUZZ_HARNESSES := safetensors adapter_config adapter_dir
+FUZZ_HARNESSES := safetensors adapter_config adapter_dir instruction_jsonl
 
 .PHONY: fuzz fuzz-deps fuzz-build
 

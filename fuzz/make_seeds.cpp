@@ -1,6 +1,7 @@
 // Writes the committed seed corpus: valid files made by loragrad itself (a
-// checkpoint of fuzz::tiny_model(), adapters saved from it), a few PEFT-written
-// fixtures, malformed variants, and the regress-* cases of known defects.
+// checkpoint of fuzz::tiny_model(), adapters saved from it, JSONL instruction
+// data), a few PEFT-written fixtures, malformed variants, and the regress-*
+// cases of known defects.
 // Deterministic: running it again rewrites the same bytes.
 //
 //   build/fuzz/fuzz_make_seeds fuzz/corpus
@@ -269,6 +270,41 @@ static void adapter_seeds(const fs::path& fixtures) {
   put(hd, "regress-inf-lora_B", fuzz::pack_adapter(qv.config, saved_st(ts, {{"format", "pt"}})));
 }
 
+// JSONL instruction data: valid files (escapes, invalid UTF-8 kept as bytes,
+// CRLF, blank lines, an empty prompt, a line longer than any seq) and the
+// mistakes the reader must refuse with an IOError.
+static void instruction_seeds() {
+  const std::string h = "instruction_jsonl";
+  std::string valid;
+  for (int i = 0; i < 12; ++i)
+    valid += "{\"prompt\": \"Q: What comes after " + std::to_string(i) + "?\\nA: \", \"response\": \"" +
+             std::to_string(i + 1) + ".\\n\", \"id\": " + std::to_string(i) + "}\n";
+  put(h, "valid.jsonl", valid);
+  put(h, "blank-lines-crlf.jsonl",
+      "\n  \t\n{\"prompt\":\"a\",\"response\":\"b\"}\r\n\r\n{\"response\":\"c\",\"prompt\":\"d\"}");
+  put(h, "unicode-escapes.jsonl",
+      "{\"prompt\": \"caf\\u00e9 \\ud83d\\ude00 \\u0000 \\t\\\"\\\\\\/\", \"response\": \"\\u20ac\\n\"}\n"
+      "{\"prompt\": \"\xc3\xa9\xe2\x82\xac\", \"response\": \"\xf0\x9f\x98\x80\"}\n");
+  put(h, "invalid-utf8.jsonl", std::string("{\"prompt\": \"x\xff\xfe y\", \"response\": \"\xc3\xa9\x80\xc0\xaf z\"}\n"));
+  put(h, "empty-prompt.jsonl", "{\"prompt\": \"\", \"response\": \"a\"}\n{\"prompt\": \"\", \"response\": \"longer\"}\n");
+  put(h, "long-line.jsonl", "{\"prompt\": \"" + std::string(3000, 'p') + "\", \"response\": \"" +
+                                std::string(2000, 'r') + "\"}\n{\"prompt\": \"q\", \"response\": \"" +
+                                std::string(100, 's') + "\"}\n");
+  put(h, "other-keys-nested.jsonl",
+      "{\"meta\": {\"a\": [1, 2.5, {\"b\": null}], \"c\": true}, \"prompt\": \"p\", \"response\": \"r\"}\n");
+  put(h, "bad-empty-response.jsonl", "{\"prompt\": \"p\", \"response\": \"\"}\n");
+  put(h, "bad-missing-key.jsonl", "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\"}\n");
+  put(h, "bad-number.jsonl", "{\"prompt\": \"a\", \"response\": 7}\n");
+  put(h, "bad-nested-value.jsonl", "{\"prompt\": {\"a\": [1, {\"b\": []}]}, \"response\": \"x\"}\n");
+  put(h, "bad-not-object.jsonl", "[1, 2, 3]\n");
+  put(h, "bad-not-json.jsonl", "{\"prompt\": \"a\" \"response\": \"b\"}\n");
+  put(h, "bad-lone-surrogate.jsonl", "{\"prompt\": \"\\ud800\", \"response\": \"b\"}\n");
+  put(h, "bad-marker-and-invalid.jsonl", std::string("{\"prompt\": \"\xf4\x8f\xbe\x80\xff\", \"response\": \"b\"}\n"));
+  put(h, "bad-empty.jsonl", "");
+  put(h, "bad-deep-nesting.jsonl", std::string(5000, '[') + std::string(5000, ']') + "\n");
+  put(h, "regress-number-1e400.jsonl", "{\"prompt\": \"a\", \"response\": \"b\", \"n\": 1e400}\n");
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) {
     std::cerr << "usage: " << argv[0] << " CORPUS_DIR   (fuzz/corpus)\n";
@@ -278,6 +314,7 @@ int main(int argc, char** argv) {
   const fs::path fixtures = LORAGRAD_FIXTURE_DIR;
   safetensors_seeds(fixtures);
   adapter_seeds(fixtures);
+  instruction_seeds();
   std::cout << "wrote seeds under " << g_out.string() << "\n";
   return 0;
 }

@@ -92,6 +92,11 @@ BOOST_AUTO_TEST_CASE(jsonl_errors_name_the_file_line_and_key) {
   // One object per line: a pretty-printed file is an error on its first line.
   check_throws<IOError>([&] { parse_jsonl("{\n\"prompt\": \"p\", \"response\": \"r\"}", "d.jsonl"); },
                         {"d.jsonl:1:", "invalid JSON"});
+  // A number beyond double, even in a key loragrad ignores: nlohmann throws
+  // out_of_range, not parse_error; found by fuzz_instruction_jsonl
+  // (fuzz/corpus/instruction_jsonl/regress-number-1e400.jsonl).
+  check_throws<IOError>([&] { parse_jsonl(ok + "{\"prompt\": \"p\", \"response\": \"r\", \"n\": 1e400}", "d.jsonl"); },
+                        {"d.jsonl:2:", "invalid JSON", "number overflow", "1e400"});
 }
 
 BOOST_AUTO_TEST_CASE(jsonl_files) {

@@ -100,7 +100,7 @@ const char* json_type(const json& v) {
 }
 
 // The text of nlohmann's message after its "[json.exception.parse_error.N] " tag.
-std::string parse_message(const json::parse_error& e) {
+std::string parse_message(const json::exception& e) {
   const std::string what = e.what();
   const size_t close = what.find("] ");
   return printable(close == std::string::npos ? what : what.substr(close + 2));
@@ -135,7 +135,8 @@ std::vector<Example> parse_jsonl(std::string_view text, const std::string& path)
     json j;
     try {
       j = json::parse(has_invalid ? std::string_view(marked) : line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {
+      // parse_error, and out_of_range for a number beyond double (1e400)
       throw IOError(where + "invalid JSON: " + parse_message(e));
     }
     if (!j.is_object()) throw IOError(where + "expected an object {\"prompt\": ..., \"response\": ...}, got " +
