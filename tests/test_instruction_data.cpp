@@ -16,11 +16,6 @@ using namespace loragrad::data;
 
 namespace {
 
-std::vector<int64_t> values(const Tensor& t) {
-  const int64_t* p = t.data<int64_t>();
-  return std::vector<int64_t>(p, p + t.numel());
-}
-
 std::vector<int64_t> bytes_of(const std::string& s) {
   std::vector<int64_t> v;
   for (unsigned char c : s) v.push_back(c);
@@ -203,6 +198,15 @@ BOOST_AUTO_TEST_CASE(stats_count_truncated_and_skipped_examples) {
   const InstructionDataset all_long({{"ppppppp", "x"}, {"pppppppp", "y"}}, 0.0);
   BOOST_TEST(all_long.cannot_sample(Split::train, 6).find("none of the 2 train examples keeps a response byte") == 0);
   check_throws<ValueError>([&] { Generator g(1); all_long.sample(Split::train, 2, 6, g); }, {"none of the 2"});
+  // A single byte in all (empty prompt, one response byte) has nothing to
+  // predict at any seq: skipped, said apart from the truncated ones.
+  ex.push_back({"", "z"});
+  const PackStats st1 = InstructionDataset(ex, 0.0).stats(Split::train, 6);
+  BOOST_TEST(st1.skipped == 2);
+  BOOST_TEST(st1.str() == "7 examples, 16 response bytes scored, 2 truncated (1 without a response byte left, skipped), "
+                          "1 of a single byte (nothing to predict, skipped)");
+  const InstructionDataset one_byte({{"", "a"}, {"", "b"}}, 0.0);
+  BOOST_TEST(one_byte.cannot_sample(Split::train, 64).find("or the example is a single byte") != std::string::npos);
   BOOST_TEST(ds.cannot_sample(Split::validation, 6) == "the validation split holds no examples");
 }
 

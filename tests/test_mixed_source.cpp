@@ -19,11 +19,6 @@ using namespace loragrad::data;
 
 namespace {
 
-std::vector<int64_t> values(const Tensor& t) {
-  const int64_t* p = t.data<int64_t>();
-  return std::vector<int64_t>(p, p + t.numel());
-}
-
 // A text of random bytes from `alphabet`: two texts on disjoint alphabets
 // tell which source a row came from.
 std::string random_text(const std::string& alphabet, size_t n, uint64_t seed) {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "loragrad/tensor.hpp"
+
 // f() must throw an E whose message contains every one of parts.
 template <class E, class F>
 void check_throws(F f, const std::vector<std::string>& parts) {
@@ -59,4 +61,10 @@ inline std::string read_bytes(const std::string& path) {
 inline void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+// An int64 tensor's values (batches' x, y, starts).
+inline std::vector<int64_t> values(const loragrad::Tensor& t) {
+  const int64_t* p = t.data<int64_t>();
+  return std::vector<int64_t>(p, p + t.numel());
 }

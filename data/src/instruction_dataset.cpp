@@ -74,10 +74,16 @@ Batch Packer::finish() {
 
 std::string PackStats::str() const {
   std::string s = std::to_string(examples) + " examples, " + std::to_string(targets) + " response bytes scored";
+  // Skipped examples are usually truncated ones whose prompt fills the window;
+  // a one-byte example (empty prompt, one response byte) has no target at any
+  // seq and is skipped without being truncated.
+  const int64_t short_skipped = skipped - truncated_skipped;
   if (truncated > 0) {
     s += ", " + std::to_string(truncated) + " truncated";
-    if (skipped > 0) s += " (" + std::to_string(skipped) + " without a response byte left, skipped)";
+    if (truncated_skipped > 0) s += " (" + std::to_string(truncated_skipped) + " without a response byte left, skipped)";
   }
+  if (short_skipped > 0)
+    s += ", " + std::to_string(short_skipped) + " of a single byte (nothing to predict, skipped)";
   return s;
 }
 
@@ -119,8 +125,10 @@ PackStats InstructionDataset::stats(Split s, int64_t seq) const {
   for (int64_t i = 0; i < st.examples; ++i) {
     const Example& e = example(s, i);
     const int64_t targets = packed_targets(e, seq);
-    st.truncated += static_cast<int64_t>(e.prompt.size() + e.response.size()) - 1 > seq;
+    const bool truncated = static_cast<int64_t>(e.prompt.size() + e.response.size()) - 1 > seq;
+    st.truncated += truncated;
     st.skipped += targets == 0;
+    st.truncated_skipped += truncated && targets == 0;
     st.targets += targets;
   }
   return st;
@@ -137,7 +145,8 @@ std::string InstructionDataset::cannot_sample(Split split, int64_t seq) const {
   if (num_examples(split) == 0) return "the " + std::string(split_name(split)) + " split holds no examples";
   if (usable(split, seq).empty())
     return "none of the " + std::to_string(num_examples(split)) + " " + split_name(split) +
-           " examples keeps a response byte within seq " + std::to_string(seq) + " (each prompt fills the window)";
+           " examples keeps a response byte within seq " + std::to_string(seq) +
+           " (each prompt fills the window, or the example is a single byte)";
   return "";
 }
 

@@ -59,7 +59,8 @@ class Packer {
 struct PackStats {
   int64_t examples = 0;   // in the split
   int64_t truncated = 0;  // longer than seq + 1 bytes: the end of the response is cut
-  int64_t skipped = 0;    // of those, no response byte left (the prompt fills the window)
+  int64_t skipped = 0;    // no target: the prompt fills the window, or a single byte in all (empty prompt)
+  int64_t truncated_skipped = 0;  // skipped ones that were truncated (the prompt fills the window)
   int64_t targets = 0;    // response bytes scored, after truncation
   std::string str() const;  // "120 examples, 3 truncated (1 without a response byte left, skipped)"
 };
