@@ -3,8 +3,9 @@
 `make bench` calls.
 
 For each workload (S, M), method and thread count it runs, in turn and for
-several rounds, `loragrad bench --json` and bench/torch_workload.py three
-ways: PyTorch as installed ("default": Debian's pthreads OpenBLAS, whatever
+several rounds, `loragrad bench --json` in fp32 and in bf16 (`--precision
+bf16`: the frozen base in bf16; lora and dora only) and
+bench/torch_workload.py three ways: PyTorch as installed ("default": Debian's pthreads OpenBLAS, whatever
 OPENBLAS_CORETYPE the environment holds), PyTorch tuned as the spec says
 (the OpenMP OpenBLAS via LD_LIBRARY_PATH, OPENBLAS_CORETYPE=SkylakeX where
 the CPU has AVX-512, OMP_NUM_THREADS, and loragrad's OMP_WAIT_POLICY), and
@@ -15,7 +16,8 @@ in the table is the median over the rounds of the runs' own medians.
 
 GFLOP/s and % of peak of every column use loragrad's FLOP count for the
 workload (the spec's formula) and the FMA peak `loragrad bench` measured at
-its start, in the same round. Ratios are PyTorch's ms / loragrad's ms:
+its start, in the same round. Ratios are PyTorch's ms / loragrad's ms
+(fp32's, and in the last column bf16 autocast's over loragrad bf16's):
 above 1, loragrad is faster.
 
     /usr/bin/python3 bench/run_workload.py --loragrad build/cli/loragrad [--quick]
@@ -84,6 +86,8 @@ def main():
     ap.add_argument("--default-rounds", type=int, default=1,
                     help="rounds that also run PyTorch as installed (0: none); it can be 5x slower than tuned "
                     "(OpenBLAS's oldest kernels where it does not know the CPU), so by default only the first")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help="loragrad's: fp32, bf16 (the frozen base in bf16; lora and dora only)")
     ap.add_argument("--out", help="also write every run's JSON here")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
     args = ap.parse_args()
@@ -135,6 +139,14 @@ def main():
                     print(f"{tag} loragrad {lg['ms_per_step']:.1f} ms ({lg['pct_of_peak']:.0f}% of "
                           f"{lg['fma_peak_gflops']:.0f} GFLOP/s), load {lg['loadavg_start'][0]:.2f}",
                           file=sys.stderr, flush=True)
+                    if "bf16" in args.precisions.split(",") and method in ("lora", "dora"):
+                        lb = run_json([args.loragrad, "bench", "--json", "--workload", wl, "--method", method,
+                                       "--threads", str(nt), "--precision", "bf16"] + protocol,
+                                      dict(os.environ), args.timeout)
+                        if lb is not None:
+                            runs.setdefault("loragrad_bf16", []).append(lb)
+                            print(f"{tag} loragrad bf16 {lb['ms_per_step']:.1f} ms (base kernel "
+                                  f"{lb.get('bf16_kernel', '?')})", file=sys.stderr, flush=True)
                     if method == "qlora":
                         continue  # no PyTorch counterpart (torch_workload.py says why)
                     for name, _, extra, tuned in torch_variants:
@@ -168,7 +180,7 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
     if not all_runs:
         print("no run succeeded")
         sys.exit(1)
-    lg_runs = [r for per in results.values() for r in per.get("loragrad", [])]
+    lg_runs = [r for per in results.values() for r in per.get("loragrad", []) + per.get("loragrad_bf16", [])]
     loads = [r["loadavg_start"][0] for r in all_runs] + [r["loadavg_end"][0] for r in all_runs]
     peaks = {}
     for r in lg_runs:
@@ -197,8 +209,15 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
           f"loragrad ms (> 1: loragrad faster); {elapsed / 60:.1f} min in all")
     print()
 
-    cols = [("loragrad", "loragrad fp32")] + [(k, title) for k, title, _, _ in torch_variants]
-    head = ["workload", "thr"] + [t for _, t in cols] + [f"vs {t[len('PyTorch '):]}" for k, t in cols[1:]]
+    lg_cols = [("loragrad", "loragrad fp32")]
+    if any("loragrad_bf16" in per for per in results.values()):
+        lg_cols.append(("loragrad_bf16", "loragrad bf16"))
+    cols = lg_cols + [(k, title) for k, title, _, _ in torch_variants]
+    pt_cols = cols[len(lg_cols):]
+    bf16_ratio = len(lg_cols) > 1 and any(k == "tuned_bf16" for k, _ in pt_cols)
+    head = ["workload", "thr"] + [t for _, t in cols] + [f"vs {t[len('PyTorch '):]}" for k, t in pt_cols]
+    if bf16_ratio:
+        head.append("bf16 vs tuned bf16 autocast")
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
     for (wl, method, nt), per in results.items():
@@ -211,12 +230,15 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
                 row.append("-")
                 continue
             ms = med(runs, "ms_per_step")
-            peak = med(runs, "fma_peak_gflops" if key == "loragrad" else "round_fma_peak_gflops")
+            peak = med(runs, "fma_peak_gflops" if key.startswith("loragrad") else "round_fma_peak_gflops")
             gflop = runs[0]["gflop_per_step"]
             row.append(f"{ms:.0f} ms ({100 * gflop / (ms * 1e-3) / peak:.0f}%)")
-        for key, _ in cols[1:]:
+        for key, _ in pt_cols:
             runs = per.get(key)
             row.append(f"{med(runs, 'ms_per_step') / lg_ms:.2f}x" if runs and lg_ms else "-")
+        if bf16_ratio:
+            lb, tb = per.get("loragrad_bf16"), per.get("tuned_bf16")
+            row.append(f"{med(tb, 'ms_per_step') / med(lb, 'ms_per_step'):.2f}x" if lb and tb else "-")
         print("| " + " | ".join(row) + " |")
 
     print()
@@ -232,7 +254,7 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
                 row.append("-")
                 continue
             cell = f"{med(runs, 'peak_rss_bytes') / 2**20:.0f}"
-            if key == "loragrad":
+            if key.startswith("loragrad"):
                 cell += f" [{med(runs, 'peak_tensor_bytes') / 2**20:.0f}]"
             row.append(cell)
         print("| " + " | ".join(row) + " |")

@@ -23,6 +23,7 @@
 #include "loragrad/app/workload.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/generator.hpp"
+#include "loragrad/kernels/gemm_bf16.hpp"
 #include "loragrad/kernels/isa.hpp"
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/memory.hpp"
@@ -130,8 +131,9 @@ Workload workload_from(const Args& a, Method method) {
 }
 
 // The Tiny GPT of the workload from random init (seeded), with the method's
-// adapters; returns the parameters to train.
-std::vector<Tensor> build_model(nn::TinyGPT& model, const Workload& w, Method method, uint64_t seed) {
+// adapters (bf16: on a frozen base stored in bf16, lm_head included: the
+// mixed-precision step); returns the parameters to train.
+std::vector<Tensor> build_model(nn::TinyGPT& model, const Workload& w, Method method, bool bf16, uint64_t seed) {
   if (method == Method::full) {
     model.requires_grad_(true);
   } else {
@@ -142,6 +144,7 @@ std::vector<Tensor> build_model(nn::TinyGPT& model, const Workload& w, Method me
     cfg.target_modules = w.targets;
     cfg.use_dora = method == Method::dora;
     cfg.qlora = method == Method::qlora;  // NF4 with double quantisation, then LoRA
+    if (bf16) cfg.base_storage = "bf16";
     cfg.seed = seed;
     cfg.validate();
     lora::apply_lora(model, cfg);
@@ -196,7 +199,9 @@ int run_bench(int argc, char** argv) {
       "The spec's workloads (random bytes, vocab 256; AdamW lr 2e-4, no weight decay; LoRA dropout 0):\n"
       "  S: d_model 128, 4 layers, 4 heads, seq 128, batch 16, r 8, alpha 16, q,k,v,o_proj\n"
       "  M: d_model 256, 6 layers, 8 heads, seq 256, batch 8, r 16, alpha 32, q,k,v,o_proj,fc_in,fc_out\n"
-      "qlora: the base in NF4 with double quantisation, then LoRA. GFLOP/s counts matmul FLOPs by the\n"
+      "qlora: the base in NF4 with double quantisation, then LoRA. --precision bf16 (lora, dora): every frozen\n"
+      "linear weight (lm_head too) stored in bf16 and multiplied by the bf16 GEMM (inputs rounded to bf16,\n"
+      "float32 sums), the adapters and every other op in float32. GFLOP/s counts matmul FLOPs by the\n"
       "spec's formula (8.51 GFLOP per LoRA step of S, 53.4 of M; dora and qlora count as lora).\n"
       "The FMA peak: every thread runs register-only FMAs of the kernels' vector width.\n"
       "example:\n  loragrad bench --workload M --method lora --threads 2\n"
@@ -212,9 +217,13 @@ int run_bench(int argc, char** argv) {
   const int64_t warmup = a.integer("--warmup", 0, 1000000);
   const auto seed = static_cast<uint64_t>(a.integer("--seed", 0, int64_t{1} << 53));
   const bool as_json = a.is_set("--json");
+  // bf16 is the frozen base's storage: a method that trains the base
+  // (full) or stores it otherwise (qlora: NF4) has none to put in bf16.
+  if (precision == "bf16" && (method == Method::full || method == Method::qlora))
+    throw UsageError("--precision bf16 stores the frozen base in bf16 (lora, dora); --method " +
+                     std::string(app::method_name(method)) +
+                     (method == Method::full ? " trains every weight" : " stores the base in NF4"));
   set_threads(a);
-  if (precision == "bf16")
-    throw Error("--precision bf16: the bf16 path is not implemented yet (only fp32 can be measured for now)");
 
   const int threads = omp_get_max_threads();
   const std::vector<double> load_start = load_average();
@@ -229,7 +238,7 @@ int run_bench(int argc, char** argv) {
   cfg.dropout = 0.0;
   cfg.seed = seed;
   nn::TinyGPT model(cfg);
-  const std::vector<Tensor> trainable = build_model(model, w, method, seed);
+  const std::vector<Tensor> trainable = build_model(model, w, method, precision == "bf16", seed);
   int64_t n_trainable = 0;
   for (const Tensor& p : trainable) n_trainable += p.numel();
   optim::AdamW opt({optim::ParamGroup("trainable", trainable, kLr, kWeightDecay)});
@@ -276,6 +285,7 @@ int run_bench(int argc, char** argv) {
                      {"r", w.r},         {"alpha", w.alpha},   {"targets", w.targets}};
     j["method"] = app::method_name(method);
     j["precision"] = precision;
+    j["bf16_kernel"] = precision == "bf16" ? kernels::bf16_kernel() : "";
     j["threads"] = threads;
     j["warmup"] = warmup;
     j["steps"] = steps;
@@ -309,7 +319,9 @@ int run_bench(int argc, char** argv) {
   std::cout << "workload " << w.name << ": d_model " << w.d_model << ", " << w.n_layer << " layers, " << w.n_head
             << " heads, seq " << w.seq << ", batch " << w.batch;
   if (method != Method::full) std::cout << "; r " << w.r << ", alpha " << w.alpha << " on " << join(w.targets);
-  std::cout << "\nmethod " << app::method_name(method) << ", " << precision << ", " << threads << " thread"
+  std::cout << "\nmethod " << app::method_name(method) << ", " << precision
+            << (precision == "bf16" ? " (base GEMM kernel " + kernels::bf16_kernel() + ")" : "") << ", " << threads
+            << " thread"
             << (threads == 1 ? "" : "s") << ", " << with_commas(n_trainable) << " trainable parameters\n"
             << "cpu: " << cpu_model() << "; kernels " << kernels::compiled_isa() << "; load average "
             << fixed(load_start[0], 2) << " " << fixed(load_start[1], 2) << " " << fixed(load_start[2], 2)

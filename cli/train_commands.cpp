@@ -477,6 +477,7 @@ int run_finetune(int argc, char** argv) {
   a.option("--dropout", "P", "dropout on the adapter's input, in [0, 1)", "0");
   a.flag("--dora", "DoRA (use_dora): a learned magnitude per output row; with --qlora: QDoRA");
   a.flag("--qlora", "QLoRA: the frozen base in NF4 (every linear layer but lm_head)");
+  a.option("--precision", "NAME", "fp32 | bf16: bf16 stores the frozen base (every linear layer) in bf16", "fp32");
   a.flag("--rslora", "rsLoRA (use_rslora): scale alpha / sqrt(r) instead of alpha / r");
   a.option("--init", "NAME", "init_lora_weights: true | gaussian | pissa | false (see below)", "true");
   a.option("--modules-to-save", "LIST", "modules trained in full and saved with the adapter (e.g. lm_head,ln_f)");
@@ -507,6 +508,10 @@ int run_finetune(int argc, char** argv) {
       "  re.match(rf\"(.*\\.)?({REGEX})$\", path), e.g. fc_in matches blocks.0.mlp.fc_in; others take --r / --alpha.\n"
       "--method dora, qlora are --method lora with --dora, --qlora; --dora --qlora (or --method dora --qlora)\n"
       "  is QDoRA; loraplus combines with --dora and --qlora too. --method full takes none of the adapter flags.\n"
+      "--precision bf16: mixed precision, as torch.autocast(\"cpu\", torch.bfloat16) for the frozen base: every\n"
+      "  linear layer not trained (lm_head too) is stored in bf16 and multiplied in bf16 with float32 sums; the\n"
+      "  adapter, its optimizer state and every other op stay float32. Not with --method full nor --qlora. The\n"
+      "  adapter is saved as usual (float32) and loads onto the float base.\n"
       "--adapter-name: PEFT's save_pretrained writes a non-default adapter into a subdirectory named after it:\n"
       "  so does finetune (OUT/NAME/adapter_config.json; metrics.csv and checkpoint-STEP/ stay in OUT, and a\n"
       "  checkpoint holds checkpoint-STEP/NAME/). Load it with --adapter OUT/NAME.\n"
@@ -557,6 +562,13 @@ int run_finetune(int argc, char** argv) {
                      "with its adapters disabled is no longer the base");
   const bool dora = method == "dora" || a.is_set("--dora");
   const bool qlora = method == "qlora" || a.is_set("--qlora");
+  const std::string precision = a.str("--precision");
+  if (precision != "fp32" && precision != "bf16")
+    throw UsageError("finetune: --precision must be fp32 or bf16, got '" + printable(precision) + "'");
+  if (precision == "bf16" && whole_model)
+    throw UsageError("finetune: --precision bf16 stores the frozen base in bf16; --method full trains every weight");
+  if (precision == "bf16" && qlora)
+    throw UsageError("finetune: --precision bf16 stores the frozen base in bf16, --qlora in NF4: choose one");
   // One name per combination, for the progress bar and the run's identity:
   // "--method dora" and "--method lora --dora" are the same run.
   const std::string variant = dora && qlora ? "qdora" : dora ? "dora" : qlora ? "qlora" : "";
@@ -583,6 +595,7 @@ int run_finetune(int argc, char** argv) {
     cfg.target_modules = targets;
     cfg.use_dora = dora;
     cfg.qlora = qlora;
+    if (precision == "bf16") cfg.base_storage = "bf16";
     cfg.use_rslora = a.is_set("--rslora");
     cfg.init_lora_weights = parse_init(a.str("--init"));
     if (kl && cfg.init_lora_weights == lora::LoraInit::pissa)
@@ -654,7 +667,8 @@ int run_finetune(int argc, char** argv) {
     o.use_rslora = cfg.use_rslora;
     std::cout << label << ": " << rep.modules.size() << " adapted modules, r " << r << ", alpha " << alpha
               << ", scale " << o.scale() << (cfg.use_rslora ? " (rsLoRA: alpha / sqrt(r))" : " (alpha / r)")
-              << ", init " << lora::lora_init_name(cfg.init_lora_weights) << ", lr " << lr << "\n"
+              << ", init " << lora::lora_init_name(cfg.init_lora_weights) << ", lr " << lr
+              << (cfg.base_storage == "bf16" ? ", frozen base in bf16" : "") << "\n"
               << rep.summary() << "\n";
     if (!rep.modules_to_save.empty()) std::cout << "modules_to_save: " << quoted_list(rep.modules_to_save) << "\n";
     print_pattern_matches(rep, cfg);
@@ -670,6 +684,7 @@ int run_finetune(int argc, char** argv) {
     identity["alpha_pattern"] = nlohmann::json::array();
     for (const auto& [key, value] : cfg.alpha_pattern) identity["alpha_pattern"].push_back({key, value});
     identity["adapter_name"] = adapter_name;
+    identity["precision"] = precision;
     if (loraplus) {
       identity["loraplus_ratio"] = ratio;
       opt = std::make_unique<optim::AdamW>(lora::loraplus_param_groups(*model, lr, ratio, weight_decay));

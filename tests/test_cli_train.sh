@@ -2,7 +2,7 @@
 # Training through the command line (train::Trainer): exact resume, refused
 # resumes, validation and metrics.csv, --val-data, early stopping, the
 # per-method default learning rates beating the unigram baseline, the
-# whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA,
+# whole LoraConfig as finetune flags (rsLoRA, init, DoRA / QLoRA / QDoRA, bf16 base,
 # modules_to_save, rank / alpha patterns, named adapters), instruction data
 # (JSONL, recipe-qa, generate --stop), the forgetting report, the KL to the
 # base and data mixing (--mix) (~85 s).
@@ -197,6 +197,14 @@ if ok "finetune --dora --qlora (QDoRA)" -- "$L" finetune $short --dora --qlora -
   ok "QDoRA: resume with --method qlora --dora" -- "$L" finetune $short --method qlora --dora --resume "$T/qdora/checkpoint-2" --out "$T/qdora2"
   cmp -s "$T/qdora/adapter_model.safetensors" "$T/qdora2/adapter_model.safetensors" || fail "QDoRA: the resumed adapter differs"
 fi
+# mixed precision: the frozen base in bf16; the adapter is an ordinary float32 one, for the float base
+if ok "finetune --precision bf16" -- "$L" finetune $short --precision bf16 --save-every 2 --out "$T/bf16"; then
+  grep -q "^lora: .*, frozen base in bf16$" "$T/out" || fail "--precision bf16: $(head -1 "$T/out")"
+  grep -q bf16 "$T/bf16/adapter_config.json" && fail "--precision bf16: adapter_config.json names bf16"
+  ok "eval a bf16-trained adapter on the float base" -- "$L" eval --base "$B" --adapter "$T/bf16" --data "$T/val.txt"
+  ok "resume --precision bf16" -- "$L" finetune $short --precision bf16 --resume "$T/bf16/checkpoint-2" --out "$T/bf16b"
+  cmp -s "$T/bf16/adapter_model.safetensors" "$T/bf16b/adapter_model.safetensors" || fail "bf16: the resumed adapter differs"
+fi
 ok "loraplus with --dora" -- "$L" finetune $short --method loraplus --dora --out "$T/lpd"
 grep -q "^loraplus+dora: " "$T/out" || fail "loraplus --dora: $(head -1 "$T/out")"
 # named adapters: PEFT's save_pretrained writes a non-default one into OUT/NAME/
@@ -217,7 +225,7 @@ for change in "--rslora:rslora: checkpoint false, now true" "--init gaussian:ini
   "--rank-pattern q_proj=4:rank_pattern: checkpoint \[\], now \[\[\"q_proj\",4\]\]" \
   "--alpha-pattern q_proj=4:alpha_pattern: checkpoint \[\], now \[\[\"q_proj\",4.0\]\]" \
   "--adapter-name x:adapter_name: checkpoint \"default\", now \"x\"" "--dora:method: checkpoint \"lora\", now \"dora\"" \
-  "--qlora:method: checkpoint \"lora\", now \"qlora\""; do
+  "--qlora:method: checkpoint \"lora\", now \"qlora\"" "--precision bf16:precision: checkpoint \"fp32\", now \"bf16\""; do
   flags=${change%%:*} want=${change#*:}
   err "resume with $flags" 1 "$want" -- "$L" finetune $common $b4 $flags --resume "$T/straight_0/checkpoint-20" --out "$T/x"
 done
@@ -233,7 +241,8 @@ for bad in "--init kaiming:--init must be true, gaussian, pissa or false" "--ran
   "--method full --rank-pattern q_proj=2:--rank-pattern is for" "--method full --adapter-name x:--adapter-name is for" \
   "--method full --qlora:--qlora is for" "--init pissa --qlora:--init pissa needs a float base" \
   "--method qlora --init pissa:--init pissa needs a float base" "--dora=1:--dora takes no value" \
-  "--method dora --loraplus-ratio 4:--loraplus-ratio is for"; do
+  "--method dora --loraplus-ratio 4:--loraplus-ratio is for" "--precision fp16:--precision must be fp32 or bf16" \
+  "--precision bf16 --qlora:--qlora in NF4: choose one" "--method full --precision bf16:--method full trains every weight"; do
   flags=${bad%%:*} want=${bad#*:}
   err "finetune $flags" 2 "$want" -- "$L" finetune --base "$B" --domain recipes $flags --out "$T/x"
 done

@@ -21,15 +21,28 @@ BOOST_AUTO_TEST_CASE(every_op_has_a_table_entry) {
 }
 
 BOOST_AUTO_TEST_CASE(every_sample_gradchecks_in_float64) {
-  int checked = 0;
+  int checked = 0, manual = 0;
   for (const auto& e : op_table()) {
     for (const auto& s : e.samples) {
+      // An op that rounds an input: that input is constant here, and the
+      // manual check covers it (OpSample::check says why).
+      if (s.check) {
+        const std::string err = s.check(s.inputs);
+        BOOST_CHECK_MESSAGE(err.empty(), op_name(e.op) << " [" << s.label << "]: manual check: " << err);
+        ++manual;
+      }
+      bool any = false;
+      for (const Tensor& t : s.inputs) any = any || (t.defined() && t.requires_grad());
+      if (!any) {
+        BOOST_CHECK_MESSAGE(s.check, op_name(e.op) << " [" << s.label << "]: no input to gradcheck and no manual check");
+        continue;
+      }
       GradcheckResult r = gradcheck(s.fn, s.inputs, s.gradcheck);
       BOOST_CHECK_MESSAGE(r.ok, op_name(e.op) << " [" << s.label << "]:\n" << r.report);
       ++checked;
     }
   }
-  BOOST_TEST_MESSAGE("gradchecked " << checked << " samples");
+  BOOST_TEST_MESSAGE("gradchecked " << checked << " samples; " << manual << " checked by hand too");
   BOOST_CHECK_GT(checked, 0);
 }
 

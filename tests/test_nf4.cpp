@@ -460,7 +460,7 @@ BOOST_AUTO_TEST_CASE(requantize_from_a_merged_weight) {
 BOOST_AUTO_TEST_CASE(base_storage_registry) {
   Generator gen(12);
   nn::Linear dense(70, 20, true, gen);
-  BOOST_CHECK(base_storages() == (std::vector<std::string>{"f32", "f64", "nf4"}));
+  BOOST_CHECK(base_storages() == (std::vector<std::string>{"f32", "f64", "nf4", "bf16"}));
 
   std::shared_ptr<nn::LinearBase> q = quantize_base("nf4", dense, {32, false});
   BOOST_CHECK_EQUAL(q->storage(), "nf4");
@@ -499,7 +499,7 @@ BOOST_AUTO_TEST_CASE(base_storage_registry) {
   }
 
   check_throws<ValueError>([&] { make_base("int3", dense.weight, dense.bias); },
-                           {"make_base", "'int3'", "'f32'", "'f64'", "'nf4'"});
+                           {"make_base", "'int3'", "'f32'", "'f64'", "'nf4'", "'bf16'"});
   check_throws<ValueError>([&] { quantize_base("NF4", dense); }, {"'NF4'", "'nf4'"});
   check_throws<ShapeError>([&] { make_base("nf4", dense.weight, randn({7}, gen)); }, {"NF4Linear", "bias", "[7]"});
 }

@@ -33,6 +33,7 @@ const std::vector<Entry>& table() {
       {"nf4", [](const Tensor& w, const Tensor& b, const BaseStorageOptions& o) {
          return make_nf4_linear(w, b, o.blocksize, o.double_quant);
        }},
+      {"bf16", [](const Tensor& w, const Tensor& b, const BaseStorageOptions&) { return make_bf16_linear(w, b); }},
   };
   return entries;
 }

@@ -71,6 +71,12 @@ void LoraConfig::validate() const {
     throw ValueError("LoraConfig: bias '" + bias + "' is not supported (only \"none\": biases stay frozen)");
   if (fan_in_fan_out)
     throw ValueError("LoraConfig: fan_in_fan_out = true is not supported (loragrad weights are (out, in))");
+  if (!base_storage.empty() && base_storage != "bf16")
+    throw ValueError("LoraConfig: base_storage '" + printable(base_storage) +
+                     "' is not supported (\"bf16\", or \"\" to keep the base as it is; an NF4 base is qlora)");
+  if (qlora && !base_storage.empty())
+    throw ValueError("LoraConfig: base_storage '" + base_storage + "' and qlora both choose the base's storage (qlora: NF4); "
+                     "set one of them");
 }
 
 bool LoraConfig::is_target(const std::string& path) const {
@@ -208,6 +214,12 @@ LoraPlan plan_lora(const nn::Module& model, const LoraConfig& cfg, const std::st
       if (lin->weight.dtype() != DType::f32)
         throw ValueError(where + ": qlora quantises float32 layers; '" + path + "' is " +
                          dtype_name(lin->weight.dtype()) + " (call model.to(f32) first)");
+  // Mixed precision: bf16 products with float32 sums, so float32 activations and adapters.
+  if (cfg.base_storage == "bf16")
+    for (const auto& [path, lin] : bf16_base_linears(model, cfg))
+      if (lin->weight.dtype() != DType::f32)
+        throw ValueError(where + ": base_storage bf16 rounds float32 layers to bf16; '" + path + "' is " +
+                         dtype_name(lin->weight.dtype()) + " (call model.to(f32) first)");
   return plan;
 }
 
@@ -231,6 +243,36 @@ int64_t quantize_base_to_nf4(nn::Module& model) {
   int64_t n = 0;
   for (const auto& [path, lin] : quantizable_linears(model)) {
     model.replace_module(path, quantize_base("nf4", *lin));  // a LoRA layer's "....base_layer" too
+    ++n;
+  }
+  return n;
+}
+
+// Is path, or a module above it, one of cfg's modules_to_save?
+static bool under_module_to_save(const LoraConfig& cfg, const std::string& path) {
+  for (size_t dot = path.find('.'); dot != std::string::npos; dot = path.find('.', dot + 1))
+    if (cfg.is_module_to_save(path.substr(0, dot))) return true;
+  return cfg.is_module_to_save(path);
+}
+
+// Mixed precision rounds the whole frozen base to bf16, the output head too:
+// autocast runs every Linear in bf16, and the head is the widest product of
+// a small-vocabulary model's step. Trained modules keep their float32 weights.
+std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> bf16_base_linears(const nn::Module& model,
+                                                                                  const LoraConfig& cfg) {
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> out;
+  for (const auto& [path, m] : model.named_modules()) {
+    auto lin = std::dynamic_pointer_cast<nn::Linear>(m);
+    const bool adapter_part = path.find(".lora_") != std::string::npos;  // lora_A / lora_B of a LoRA layer
+    if (lin && !adapter_part && !under_module_to_save(cfg, path)) out.push_back({path, lin});
+  }
+  return out;
+}
+
+int64_t convert_base_to_bf16(nn::Module& model, const LoraConfig& cfg) {
+  int64_t n = 0;
+  for (const auto& [path, lin] : bf16_base_linears(model, cfg)) {
+    model.replace_module(path, quantize_base("bf16", *lin));  // a LoRA layer's "....base_layer" too
     ++n;
   }
   return n;
@@ -285,6 +327,8 @@ LoraReport lora_report(const nn::Module& model, const std::string& adapter) {
 LoraReport apply_lora(nn::Module& model, const LoraConfig& cfg, const std::string& adapter) {
   LoraPlan plan = plan_lora(model, cfg, adapter);  // every check before the model changes
   if (cfg.qlora && quantize_base_to_nf4(model) > 0) plan = plan_lora(model, cfg, adapter);  // targets are NF4 now
+  if (cfg.base_storage == "bf16" && convert_base_to_bf16(model, cfg) > 0)
+    plan = plan_lora(model, cfg, adapter);  // targets are bf16 now
   const std::string running = enabled_active_adapter(model);  // "" for a model without adapters
   const bool had_adapters = !lora_layers(model).empty();
 

@@ -1,6 +1,8 @@
 // Op-table entries for lora_linear (core/src/ops/lora_linear.cpp), over a dense
-// base weight (trainable here, so its gradient is checked too) and over an NF4
-// one (a constant of the op, quantised once per sample as in nf4.cpp).
+// base weight (trainable here, so its gradient is checked too), over an NF4
+// one (a constant of the op, quantised once per sample as in nf4.cpp) and
+// over a bf16 one (a constant too; x held constant in the gradcheck and
+// checked by hand, as in bf16.cpp).
 #include <memory>
 
 #include "loragrad/generator.hpp"
@@ -39,6 +41,39 @@ Fn nf4_fn(const Shape& weight_shape, int64_t blocksize, bool with_bias, bool wit
   };
 }
 
+// inputs: x (constant: the bf16 base rounds it, see OpSample::check), [bias,]
+// A, B, [x_lora]; W (out, in) bf16 from a fixed draw.
+OpSample bf16_sample(const std::string& label, const Shape& x_shape, const Shape& w_shape, int64_t r, bool with_bias,
+                     bool with_x_lora, uint64_t seed) {
+  Generator gen(seed);
+  auto w = std::make_shared<const BF16Tensor>(quantize_bf16(uniform(w_shape, -1.0, 1.0, gen)));
+  Tensor x = sample_input(x_shape, seed + 1);
+  x.requires_grad_(false);
+  std::vector<Tensor> inputs{x};
+  Bf16Operands o;
+  o.w = w;
+  o.scale = kScale;
+  if (with_bias) {
+    o.bias = int(inputs.size());
+    inputs.push_back(sample_input({w_shape[0]}, seed + 2));
+  }
+  o.a = int(inputs.size());
+  inputs.push_back(sample_input({r, w_shape[1]}, seed + 3));
+  o.b = int(inputs.size());
+  inputs.push_back(sample_input({w_shape[0], r}, seed + 4));
+  if (with_x_lora) {
+    o.x_lora = int(inputs.size());
+    inputs.push_back(sample_input(x_shape, seed + 5));
+  }
+  Fn fn = [=](const std::vector<Tensor>& t) {
+    const Tensor bias = o.bias >= 0 ? t[o.bias] : Tensor();
+    return lora_linear(t[0], w, bias, t[o.a], t[o.b], kScale, o.x_lora >= 0 ? t[o.x_lora] : Tensor());
+  };
+  OpSample s{label, inputs, fn};
+  s.check = bf16_manual_check(o, fn);
+  return s;
+}
+
 }  // namespace
 
 void add_lora_linear_entries(OpTable& t) {
@@ -59,7 +94,11 @@ void add_lora_linear_entries(OpTable& t) {
          nf4_fn({5, 13}, 32, true, false, 499)},
         {"x [2, 3, 40] W nf4 [6, 40] no bias A [2, 40] B [6, 2] x_lora",
          {in({2, 3, 40}, 500), in({2, 40}, 501), in({6, 2}, 502), in({2, 3, 40}, 503)},
-         nf4_fn({6, 40}, 64, false, true, 504)}}});
+         nf4_fn({6, 40}, 64, false, true, 504)},
+        // A bf16 base: gradcheck covers bias, A, B and x_lora, the manual check y and dx.
+        bf16_sample("x [7, 13] W bf16 [5, 13] b [5] A [3, 13] B [5, 3]", {7, 13}, {5, 13}, 3, true, false, 505),
+        bf16_sample("x [2, 3, 40] W bf16 [6, 40] no bias A [2, 40] B [6, 2] x_lora", {2, 3, 40}, {6, 40}, 2, false,
+                    true, 511)}});
 }
 
 }  // namespace loragrad::testing

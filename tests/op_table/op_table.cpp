@@ -12,6 +12,7 @@ const OpTable& op_table() {
     add_matmul_entries(t);
     add_nn_entries(t);
     add_nf4_entries(t);
+    add_bf16_entries(t);
     add_lora_linear_entries(t);
     return t;
   }();

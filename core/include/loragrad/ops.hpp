@@ -81,6 +81,19 @@ struct NF4Tensor;  // loragrad/quant/nf4.hpp
 // constant). x and bias (or undefined) of one float dtype.
 Tensor nf4_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& w, const Tensor& bias = Tensor());
 
+// ---- bfloat16 weights (ops/bf16_linear.cpp) ----
+struct BF16Tensor;  // loragrad/quant/bf16_tensor.hpp
+// bf16(x) (..., in) @ W^T + bias (out) -> (..., out) with W a bf16 weight
+// (out, in), the frozen base of mixed-precision training: x is rounded to
+// bf16 (to nearest even), the exact products are summed in float32 (the bf16
+// GEMM, reading W as stored) and the bias added, as under PyTorch's autocast.
+// The gradient w.r.t. x is bf16(g) W (g rounded too, W as stored): the
+// straight-through gradient of the rounding. Differentiable w.r.t. x and
+// bias, never W (a constant). float64 (for tests) rounds x and g the same way
+// and sums in float64. Not gradcheckable w.r.t. x: the rounding makes y a
+// step function of x (tests/op_table/bf16.cpp checks it another way).
+Tensor bf16_linear(const Tensor& x, const std::shared_ptr<const BF16Tensor>& w, const Tensor& bias = Tensor());
+
 // ---- a linear layer with a LoRA adapter (ops/lora_linear.cpp) ----
 // y = x W^T + bias + scale * (x_lora A^T) B^T  ->  (..., out), one op:
 //   x (..., in), W (out, in), bias (out) or undefined, A (r, in), B (out, r),
@@ -93,6 +106,12 @@ Tensor lora_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, co
                    double scale, const Tensor& x_lora = Tensor());
 // The same over an NF4 base weight (out, in), a constant as in nf4_linear.
 Tensor lora_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& weight, const Tensor& bias,
+                   const Tensor& a, const Tensor& b, double scale, const Tensor& x_lora = Tensor());
+// The same over a bf16 base weight (out, in), a constant as in bf16_linear:
+// the base product is bf16_linear's (x rounded to bf16; in backward g W with
+// g rounded), the adapter's stay in x's dtype, unrounded: they are narrow
+// (rank r), so float32 costs little there (autocast would round them too).
+Tensor lora_linear(const Tensor& x, const std::shared_ptr<const BF16Tensor>& weight, const Tensor& bias,
                    const Tensor& a, const Tensor& b, double scale, const Tensor& x_lora = Tensor());
 
 // ---- shape and indexing (ops/shape.cpp, ops/index.cpp) ----

@@ -23,6 +23,8 @@ namespace loragrad {
   X(softmax) X(log_softmax) X(cross_entropy) X(layer_norm) X(causal_attention) \
   /* quantised weights (core/src/ops/nf4_linear.cpp) */                       \
   X(nf4_linear)                                                                \
+  /* bfloat16 weights (core/src/ops/bf16_linear.cpp) */                        \
+  X(bf16_linear)                                                               \
   /* a linear layer with a LoRA adapter (core/src/ops/lora_linear.cpp) */     \
   X(lora_linear)
 

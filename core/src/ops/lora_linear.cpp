@@ -1,7 +1,7 @@
 // The lora_linear op: a linear layer's output with a LoRA adapter added, in
 // one op,
 //   y = x W^T + b + s (x_l A^T) B^T
-//   x (..., in), W (out, in) dense or NF4, A (r, in), B (out, r),
+//   x (..., in), W (out, in) dense, NF4 or bf16, A (r, in), B (out, r),
 //   x_l = x, or the adapter's own input (x after LoRA dropout) when given.
 //
 // Why one op: composed of ops (linear, linear, linear, mul, add) the adapter
@@ -19,13 +19,17 @@
 //             dx (rows, in)  = g W, += dh A           (x_l given: dx_l = dh A apart)
 //             dW (out, in)   = g^T x                  (dense W that requires grad)
 //             db (out)       = sum of the rows of g
+// A bf16 W multiplies as bf16_linear does: x W^T and g W with x, g rounded
+// to bf16 (bf16_gemm.hpp); the adapter's products are float, unrounded.
 #include <cstring>
 #include <memory>
 
 #include "loragrad/autograd.hpp"
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/quant/bf16_tensor.hpp"
 #include "loragrad/quant/nf4.hpp"
+#include "bf16_gemm.hpp"
 #include "nf4_gemm.hpp"
 #include "op_util.hpp"
 
@@ -33,12 +37,16 @@ namespace loragrad {
 
 namespace {
 
-// W as the op sees it: a dense tensor (possibly trainable) or NF4 codes (a constant).
+// W as the op sees it: a dense tensor (possibly trainable), or a constant in
+// another format: NF4 codes or bf16 values. Exactly one is set.
 struct BaseWeight {
-  Tensor dense;                               // (out, in), undefined for NF4
-  std::shared_ptr<const NF4Tensor> nf4;       // or the codes
-  int64_t out() const { return nf4 ? nf4->rows() : dense.size(0); }
-  int64_t in() const { return nf4 ? nf4->cols() : dense.size(1); }
+  Tensor dense;                           // (out, in), undefined for NF4 and bf16
+  std::shared_ptr<const NF4Tensor> nf4;   // or the codes
+  std::shared_ptr<const BF16Tensor> bf16; // or the bf16 values
+  bool is_dense() const { return !nf4 && !bf16; }
+  const Shape& shape() const { return nf4 ? nf4->shape : bf16 ? bf16->shape : dense.shape(); }
+  int64_t out() const { return shape()[0]; }
+  int64_t in() const { return shape()[1]; }
 };
 
 void check_args(const Tensor& x, const BaseWeight& w, const Tensor& bias, const Tensor& a, const Tensor& b,
@@ -46,9 +54,9 @@ void check_args(const Tensor& x, const BaseWeight& w, const Tensor& bias, const 
   const char* name = op_name(Op::lora_linear);
   check_defined(x, name);
   check_floating(x, name);
-  const std::string wshape = shape_str(w.nf4 ? w.nf4->shape : w.dense.shape());
-  if (!w.nf4) {
-    check_defined(w.dense, name);
+  if (w.is_dense()) check_defined(w.dense, name);
+  const std::string wshape = shape_str(w.shape());
+  if (w.is_dense()) {
     check_same_dtype(x, w.dense, name);
     if (w.dense.dim() != 2) throw ShapeError(std::string(name) + ": weight must be 2-d (out, in), got " + wshape);
   }
@@ -102,6 +110,9 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
       if (!bias.defined()) std::fill(py, py + rows * out, T(0));  // the NF4 product accumulates
       Tensor y2 = reshape(y, {rows, out});
       detail::nf4_forward_into(reshape(x.detach(), {rows, in}), *w.nf4, y2);
+    } else if (w.bf16) {
+      Tensor y2 = reshape(y, {rows, out});
+      detail::bf16_forward_into(reshape(x.detach(), {rows, in}), *w.bf16, y2, /*accumulate=*/bias.defined());
     } else {
       kernels::gemm(false, true, rows, out, in, T(1), x.data<T>(), in, w.dense.data<T>(), in, beta, py, out);
     }
@@ -111,7 +122,7 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
   });
 
   // Inputs: x, [W,] bias, A, B, x_l. What each gradient reads decides what is kept.
-  const bool dense = !w.nf4;
+  const bool dense = w.is_dense();
   const bool wants_w = dense && w.dense.requires_grad();
   const bool wants_x = x.requires_grad(), wants_xl = own_input && x_lora.requires_grad();
   const bool wants_a = a.requires_grad(), wants_b = b.requires_grad();
@@ -123,15 +134,15 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
       Op::lora_linear, y, inputs,
       [sx = SavedTensor(wants_w ? x : Tensor(), Op::lora_linear),            // for dW
        sxl = SavedTensor(wants_a ? xl : Tensor(), Op::lora_linear),          // for dA (x itself shares x's storage)
-       sw = SavedTensor(dense && wants_x ? w.dense : Tensor(), Op::lora_linear), nf4 = w.nf4,  // for dx
+       sw = SavedTensor(dense && wants_x ? w.dense : Tensor(), Op::lora_linear), nf4 = w.nf4, bf16 = w.bf16,  // dx
        sa = SavedTensor(wants_xl || (!own_input && wants_x) ? a : Tensor(), Op::lora_linear),  // for dh A
        sb = SavedTensor(wants_dh ? b : Tensor(), Op::lora_linear),           // for dh
        h = wants_b ? h : Tensor(),                                           // for dB; the op's own, never written
        own_input, rows, in,
        out, r, scale](const Tensor& g, const NeedsGrad& need) -> Grads {
         // need[]: x, [W,] bias, A, B, x_l
-        const size_t o = nf4 ? 0 : 1;
-        const bool need_x = need[0], need_w = !nf4 && need[1], need_bias = need[1 + o], need_a = need[2 + o],
+        const size_t o = nf4 || bf16 ? 0 : 1;
+        const bool need_x = need[0], need_w = o == 1 && need[1], need_bias = need[1 + o], need_a = need[2 + o],
                    need_b = need[3 + o], need_xl = need[4 + o];
         const bool need_dh = need_a || need_xl || (!own_input && need_x);
         Grads gr(need.size());
@@ -157,6 +168,8 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
             Tensor dx;
             if (nf4) {
               dx = detail::nf4_input_grad(reshape(g, {rows, out}), *nf4);
+            } else if (bf16) {
+              dx = detail::bf16_input_grad(reshape(g, {rows, out}), *bf16);
             } else {
               dx = uninitialized({rows, in}, g.dtype());
               kernels::gemm(false, false, rows, in, out, T(1), pg, out, sw.get().data<T>(), in, T(0), dx.data<T>(),
@@ -193,13 +206,19 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
 
 Tensor lora_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& a, const Tensor& b,
                    double scale, const Tensor& x_lora) {
-  return lora_linear_impl(x, BaseWeight{weight, nullptr}, bias, a, b, scale, x_lora);
+  return lora_linear_impl(x, BaseWeight{weight, nullptr, nullptr}, bias, a, b, scale, x_lora);
 }
 
 Tensor lora_linear(const Tensor& x, const std::shared_ptr<const NF4Tensor>& weight, const Tensor& bias,
                    const Tensor& a, const Tensor& b, double scale, const Tensor& x_lora) {
   if (!weight) throw ValueError("lora_linear: the NF4 weight is null");
-  return lora_linear_impl(x, BaseWeight{Tensor(), weight}, bias, a, b, scale, x_lora);
+  return lora_linear_impl(x, BaseWeight{Tensor(), weight, nullptr}, bias, a, b, scale, x_lora);
+}
+
+Tensor lora_linear(const Tensor& x, const std::shared_ptr<const BF16Tensor>& weight, const Tensor& bias,
+                   const Tensor& a, const Tensor& b, double scale, const Tensor& x_lora) {
+  if (!weight) throw ValueError("lora_linear: the bf16 weight is null");
+  return lora_linear_impl(x, BaseWeight{Tensor(), nullptr, weight}, bias, a, b, scale, x_lora);
 }
 
 }  // namespace loragrad

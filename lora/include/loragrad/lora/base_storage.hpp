@@ -3,8 +3,9 @@
 // makes a base layer in a given storage:
 //   "f32", "f64"  nn::Linear, a dense weight parameter of that dtype
 //   "nf4"         Linear4bit: 4-bit NormalFloat codes and scales (QLoRA)
+//   "bf16"        BF16Linear: the weight rounded to bfloat16 (mixed precision)
 // Everything else handles base layers through nn::LinearBase. Another storage
-// (int8, bf16) is one new file implementing nn::LinearBase with a factory,
+// (int8, fp8) is one new file implementing nn::LinearBase with a factory,
 // plus its line in the table of base_storage.cpp.
 #include <cstdint>
 #include <memory>
@@ -23,7 +24,7 @@ struct BaseStorageOptions {
   bool double_quant = true;  // nf4: the scales themselves in 8 bits (QLoRA's default)
 };
 
-// The registered storage names, in table order: "f32", "f64", "nf4".
+// The registered storage names, in table order: "f32", "f64", "nf4", "bf16".
 std::vector<std::string> base_storages();
 
 // A base layer holding weight (out, in) and bias (out, or undefined) in
@@ -35,12 +36,16 @@ std::shared_ptr<nn::LinearBase> make_base(const std::string& storage, const Tens
                                           const BaseStorageOptions& opts = {});
 
 // make_base(storage, linear.weight, linear.bias, opts), in linear's
-// train / eval mode: e.g. quantize_base("nf4", lin) for QLoRA.
+// train / eval mode: e.g. quantize_base("nf4", lin) for QLoRA,
+// quantize_base("bf16", lin) for a mixed-precision base.
 std::shared_ptr<nn::LinearBase> quantize_base(const std::string& storage, const nn::Linear& linear,
                                               const BaseStorageOptions& opts = {});
 
 // The "nf4" entry (lora/src/nf4_linear.cpp): bitsandbytes' Linear4bit.
 std::shared_ptr<nn::LinearBase> make_nf4_linear(const Tensor& weight, const Tensor& bias, int64_t blocksize = 64,
                                                 bool double_quant = true);
+
+// The "bf16" entry (lora/src/bf16_linear.cpp): a frozen bf16 weight.
+std::shared_ptr<nn::LinearBase> make_bf16_linear(const Tensor& weight, const Tensor& bias);
 
 }  // namespace loragrad::lora

@@ -88,8 +88,8 @@ void add_weighted_adapter(nn::Module& model, const std::vector<std::string>& ada
 struct MergeReport {
   std::vector<std::string> merged;    // layers whose active adapter went into the base weight
   std::vector<std::string> unloaded;  // layers replaced by their base without a merge (adapter absent)
-  // NF4 bases merged without requantisation (requantize = false): W0 was
-  // dequantised and the layer is now a float32 nn::Linear holding W0 + delta.
+  // NF4 (or bf16) bases merged without requantisation (requantize = false): W0
+  // was dequantised and the layer is now a float32 nn::Linear holding W0 + delta.
   std::vector<std::string> dequantized;
   // NF4 bases merged with requantize = true are dequantised, merged and
   // requantised: the largest |requantised - exact merged weight| over those
@@ -112,6 +112,8 @@ struct MergeReport {
 // Either way NF4Linear layers that hold no adapter stay NF4 (their
 // dequantisation, NF4Linear::dequantize(), is exact), and a layer merged
 // before this call keeps what that merge wrote.
+// A bf16 base (mixed precision) is merged the same way: widened to float32
+// (exact) by default, rounded to bf16 again with requantize = true.
 MergeReport merge_and_unload(nn::Module& model, bool requantize = false);
 
 // Puts every LoRA layer's base back without merging (PEFT's unload): the

@@ -66,6 +66,18 @@ struct LoraConfig {
   // adapter_config.json as "loragrad_qlora" only when true (PEFT ignores keys
   // it does not know).
   bool qlora = false;
+  // loragrad's own: mixed precision. "bf16" stores the frozen base in
+  // bfloat16 (BF16Linear, bf16_linear.hpp) before the adapters are added:
+  // every nn::Linear, lm_head included, but those under modules_to_save
+  // (trained, so float32). Its products then run as PyTorch's
+  // torch.autocast("cpu", torch.bfloat16) runs a frozen Linear (operands in
+  // bf16, float32 sums), on half the bytes. Adapters, biases, embeddings and
+  // LayerNorms stay float32, and so does everything but the base's products.
+  // "" (the default) leaves the base as it is. Not with qlora (an NF4 base).
+  // A compute choice, like autocast: not written to adapter_config.json, so
+  // the adapter loads onto the float base (convert_base_to_bf16 first to
+  // run it on a bf16 base again).
+  std::string base_storage;
   std::string base_model_name_or_path;  // free text; "" is written as null
   std::string task_type;                // "" is written as null; e.g. "CAUSAL_LM"
   // loragrad's own: the base checkpoint's fingerprint (nn::fingerprint), so
@@ -75,7 +87,8 @@ struct LoraConfig {
 
   // Throws ValueError naming the field: r, alpha, dropout ranges, empty or
   // malformed targets, a regex that does not compile, unsupported bias /
-  // fan_in_fan_out, rank_pattern values <= 0.
+  // fan_in_fan_out, rank_pattern values <= 0, a base_storage other than ""
+  // and "bf16", or "bf16" with qlora.
   void validate() const;
   // Would PEFT put an adapter on the module at this path? (targets minus
   // exclusions; "all-linear" is resolved by apply_lora, which knows the types.)
@@ -160,9 +173,19 @@ std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> quantizable_lin
 // Replaces each of them by an NF4 base, quantize_base("nf4", ...) (blocks of
 // 64, double quantised); returns how many. apply_lora calls it when cfg.qlora.
 int64_t quantize_base_to_nf4(nn::Module& model);
+// The nn::Linear layers a bf16 base (LoraConfig::base_storage) stores in
+// bf16 (path, layer): every one, lm_head included (autocast computes it in
+// bf16 too), the float bases inside LoRA layers too, but not the adapters'
+// own lora_A / lora_B nor a module under one of cfg's modules_to_save.
+std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> bf16_base_linears(const nn::Module& model,
+                                                                                  const LoraConfig& cfg = {});
+// Replaces each of them by a bf16 base, quantize_base("bf16", ...); returns
+// how many. apply_lora calls it when cfg.base_storage is "bf16"; called on a
+// model before load_adapter, it runs a loaded adapter on a bf16 base.
+int64_t convert_base_to_bf16(nn::Module& model, const LoraConfig& cfg = {});
 // (trainable, all) parameters as PEFT's print_trainable_parameters counts
-// them: a quantised (NF4) weight counts its in * out logical values, not its
-// packed bytes.
+// them: a quantised (NF4) or bf16 weight counts its in * out logical values,
+// not its packed bytes.
 std::pair<int64_t, int64_t> peft_parameter_counts(const nn::Module& model);
 
 }  // namespace loragrad::lora

@@ -1,6 +1,7 @@
 #pragma once
 // LinearBase: a linear layer y = x W^T + b, whatever holds W: a dense float
-// parameter (nn::Linear) or packed codes (lora's Linear4bit, NF4). It is all
+// parameter (nn::Linear) or another format (lora's Linear4bit, NF4 codes;
+// BF16Linear, bfloat16 values). It is all
 // that a wrapper such as LoraLinear asks of the layer it adapts, so the wrapper
 // never needs to know which storage it has. A new storage (int8, bf16)
 // implements this class and registers a factory (lora/base_storage.hpp).
@@ -24,18 +25,19 @@ class LinearBase : public Module {
 
   // forward(x) + scale * (x_lora A^T) B^T: this layer with a LoRA adapter
   // A (r, in), B (out, r) on top, whose input x_lora is x after LoRA dropout
-  // (undefined: x itself). The storages here (Linear, NF4Linear) compute it as
+  // (undefined: x itself). The storages here (Linear, NF4Linear, BF16Linear) compute it as
   // one op (lora_linear, ops.hpp), where the GEMM accumulates the adapter term
   // into the base output; this default composes ops (a full-size product,
   // its scaled copy and the sum), for a storage without such an op.
   virtual Tensor forward_with_lora(const Tensor& x, const Tensor& x_lora, const Tensor& a, const Tensor& b,
                                    double scale);
 
-  // How W is held: "f32" or "f64" (a dense parameter of that dtype), "nf4".
+  // How W is held: "f32" or "f64" (a dense parameter of that dtype), "nf4", "bf16".
   // These are the names lora::make_base() takes.
   virtual std::string storage() const = 0;
-  // True when W is not a parameter but packed codes: frozen, and dense only on
-  // demand (dense_weight()). Counting parameters or bytes must add it apart.
+  // True when W is not a parameter but held in another format (NF4 codes,
+  // bf16 values): frozen, and dense only on demand (dense_weight()). Counting
+  // parameters or bytes must add it apart.
   virtual bool quantized() const = 0;
   // Bytes W occupies as stored (codes and scales for a quantised W; no bias).
   virtual size_t weight_bytes() const = 0;
