@@ -30,7 +30,7 @@ struct OpSample {
   // input with a manual computation from the bf16-rounded operands. It
   // returns "" when they agree, else what differs. A sample with no other
   // input (nothing to gradcheck) is covered by `check` alone.
-  std::function<std::string(const std::vector<Tensor>& inputs)> check;
+  std::function<std::string(const std::vector<Tensor>& inputs)> check = nullptr;
 };
 
 struct OpEntry {
