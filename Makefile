@@ -58,9 +58,8 @@ clean:
 # libFuzzer harnesses (fuzz/README.md): clang 14 builds the whole library with
 # ASan + UBSan + coverage into $(FUZZ_BUILD), then each harness runs
 # FUZZ_SECONDS; non-zero exit on any finding. `make test` replays the corpus
-# with the normal build. libomp-dev: clang's -fopenmp links LLVM's libomp (and
-# needs its omp.h), not GCC's libgomp.
-FUZZ_DEBS      := clang-14 libclang-rt-14-dev libomp-dev
+# with the normal build.
+FUZZ_DEBS      := clang-14 libclang-rt-14-dev
 FUZZ_BUILD     ?= build-fuzz
 FUZZ_SECONDS   ?= 60
 FUZZ_HARNESSES := safetensors adapter_config adapter_dir instruction_jsonl

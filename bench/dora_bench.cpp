@@ -13,7 +13,6 @@
 // machine, which wall-clock times are not).
 //
 // Usage: dora_bench [--reps N] [--threads N] [--only layer|tinygpt]
-#include <omp.h>
 #include <time.h>
 
 #include <algorithm>
@@ -34,6 +33,7 @@
 #include "loragrad/nn/layers.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/thread_pool.hpp"
 
 using namespace loragrad;
 using Clock = std::chrono::steady_clock;
@@ -156,14 +156,14 @@ int main(int argc, char** argv) {
   loragrad::app::Args a("dora_bench", "Peak tensor bytes and time of DoRA forward + backward over float32 and NF4 bases.",
                         "");
   a.option("--reps", "N", "repetitions per measurement", "20");
-  a.option("--threads", "N", "OpenMP threads (default: OpenMP's choice)");
+  a.option("--threads", "N", "threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)");
   a.option("--only", "WHICH", "layer or tinygpt (default both)");
   int reps = 0;
   std::string only;
   try {
     if (!a.parse(argc, argv, 1)) return 0;
     reps = static_cast<int>(a.integer("--reps", 1, 1000000));
-    if (a.given("--threads")) omp_set_num_threads(static_cast<int>(a.integer("--threads", 1, 1024)));
+    if (a.given("--threads")) loragrad::set_num_threads(static_cast<int>(a.integer("--threads", 1, 1024)));
     if (a.given("--only")) only = a.str("--only");
     if (!only.empty() && only != "layer" && only != "tinygpt")
       throw loragrad::app::UsageError("dora_bench: --only must be layer or tinygpt, got '" + only + "'");

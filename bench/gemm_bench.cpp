@@ -14,7 +14,6 @@
 // effect is printed first.
 
 #include <dlfcn.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -31,6 +30,7 @@
 #include "loragrad/app/fma_peak.hpp"
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/kernels/gemm_bf16.hpp"
+#include "loragrad/thread_pool.hpp"
 
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
 #include <cblas.h>
@@ -79,9 +79,9 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Both OpenMP (libgomp) and OpenBLAS's pthreads spin for a while after a call
-// before sleeping; on a 2-core machine a spinning pool steals a core from the
-// next library. Pause between libraries so each is measured alone.
+// Both loragrad's pool and OpenBLAS's threads (pthreads or OpenMP) spin for a
+// while after a call before sleeping; on a 2-core machine a spinning pool
+// steals a core from the next library. Pause between libraries so each is measured alone.
 void let_spinners_sleep() { std::this_thread::sleep_for(std::chrono::milliseconds(150)); }
 
 // The bf16 table: per shape, the float GEMM and gemm_bf16 with each kernel
@@ -207,8 +207,10 @@ int main(int argc, char** argv) {
   std::printf("OPENBLAS_CORETYPE=%s\n", env("OPENBLAS_CORETYPE"));
   // Both libraries' threads spin-wait; on a machine shared with other work
   // the wait policy and the load decide the 2-thread numbers as much as the
-  // kernels do (libgomp spins 300000 PAUSEs by default, ~6 ms on Zen 5).
-  std::printf("OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n", env("OMP_WAIT_POLICY"),
+  // kernels do (libgomp, OpenMP OpenBLAS's runtime, spins 300000 PAUSEs by
+  // default, ~6 ms on Zen 5; OMP_WAIT_POLICY and GOMP_SPINCOUNT are its).
+  std::printf("loragrad threads: %s\n", loragrad::wait_strategy().c_str());
+  std::printf("OpenBLAS (if OpenMP): OMP_WAIT_POLICY=%s GOMP_SPINCOUNT=%s\n", env("OMP_WAIT_POLICY"),
               env("GOMP_SPINCOUNT"));
   if (FILE* f = std::fopen("/proc/loadavg", "r")) {
     char buf[128] = {};
@@ -268,7 +270,7 @@ int main(int argc, char** argv) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
 
   for (int threads : thread_counts) {
-    omp_set_num_threads(threads);
+    loragrad::set_num_threads(threads);
 #ifdef LORAGRAD_BENCH_HAVE_CBLAS
     if (set_blas_threads) set_blas_threads(threads);
 #endif

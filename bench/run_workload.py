@@ -8,7 +8,7 @@ bf16`: the frozen base in bf16; lora and dora only) and
 bench/torch_workload.py three ways: PyTorch as installed ("default": Debian's pthreads OpenBLAS, whatever
 OPENBLAS_CORETYPE the environment holds), PyTorch tuned as the spec says
 (the OpenMP OpenBLAS via LD_LIBRARY_PATH, OPENBLAS_CORETYPE=SkylakeX where
-the CPU has AVX-512, OMP_NUM_THREADS, and loragrad's OMP_WAIT_POLICY), and
+the CPU has AVX-512, OMP_NUM_THREADS, and OMP_WAIT_POLICY=passive), and
 tuned with torch.autocast("cpu", torch.bfloat16). PyTorch as installed runs
 in the first round only (--default-rounds): it is the slow one. Alternating the programs within each
 round spreads a change in the machine's load over all of them; each number
@@ -108,11 +108,11 @@ def main():
             if coretype:
                 env["OPENBLAS_CORETYPE"] = coretype
             env["OMP_NUM_THREADS"] = str(nthreads)  # the OpenMP OpenBLAS obeys this, not OPENBLAS_NUM_THREADS
-            # loragrad runs its OpenMP threads passive unless told otherwise
-            # (parallel.hpp): spinning threads take the core a busy machine's
-            # other work needs (PyTorch's 2-thread step measured 2.7x slower
-            # with libgomp's default on a loaded machine). Tuned PyTorch gets
-            # the same policy; the user's OMP_WAIT_POLICY, if any, goes to both.
+            # libgomp's default spin (milliseconds) takes the core a busy
+            # machine's other work needs (PyTorch's 2-thread step measured
+            # 2.7x slower with it on a loaded machine); loragrad's own pool
+            # spins briefly, then sleeps (thread_pool.cpp). Tuned PyTorch
+            # runs passive unless the user set OMP_WAIT_POLICY.
             env.setdefault("OMP_WAIT_POLICY", "passive")
         return env
 
@@ -194,14 +194,14 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
     print("FMA peak (loragrad bench, median over its runs): " +
           ", ".join(f"{t} thread{'s' if t > 1 else ''} {statistics.median(v):.0f} GFLOP/s"
                     for t, v in sorted(peaks.items())))
-    waits = sorted({f"{r['program']} {r.get('omp_wait_policy', r.get('env', {}).get('OMP_WAIT_POLICY')) or '(unset)'}"
+    waits = sorted({f"{r['program']} {r.get('wait_strategy') or 'OMP_WAIT_POLICY=' + (r.get('env', {}).get('OMP_WAIT_POLICY') or '(unset)')}"
                     for r in all_runs})  # PyTorch's: default and tuned may differ
     print(f"load average (1 min) during the run: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs; "
-          f"OMP_WAIT_POLICY: {', '.join(waits)}")
+          f"waiting threads: {'; '.join(waits)}")
     print(f"PyTorch default: OpenBLAS as installed, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
           f"tuned: {'OpenMP OpenBLAS (' + OPENBLAS_OPENMP + ')' if have_openmp_blas else 'OpenMP OpenBLAS missing'}, "
           f"OPENBLAS_CORETYPE={coretype or '(unset)'}, OMP_NUM_THREADS=threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'passive')} (as loragrad). OpenBLAS cores seen: "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'passive')}. OpenBLAS cores seen: "
           f"{', '.join(sorted(c or '?' for c in cores))}")
     print(f"protocol: {args.rounds} round(s) (PyTorch default: {min(args.default_rounds, args.rounds)}); each run "
           f"{args.warmup} warm-up + {args.steps} timed steps, its median; "

@@ -3,7 +3,6 @@
 // (train::train_step: forward, backward, AdamW), and put in proportion to the
 // machine's FMA peak, measured first in the same run.
 // bench/run_workload.py runs it side by side with bench/torch_workload.py.
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -28,6 +27,7 @@
 #include "loragrad/lora/inject.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/optim/adamw.hpp"
+#include "loragrad/thread_pool.hpp"
 #include "loragrad/train/step.hpp"
 #include "loragrad/version.hpp"
 
@@ -190,7 +190,7 @@ int run_bench(int argc, char** argv) {
   a.option("--targets", "LIST", "adapted linears: q_proj,k_proj,v_proj,o_proj,fc_in,fc_out or all-linear");
   a.option("--method", "NAME", "lora | dora | qlora | full", "lora");
   a.option("--precision", "NAME", "fp32 | bf16", "fp32");
-  a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.option("--threads", "N", "threads (0: OMP_NUM_THREADS if set, else the CPUs this process may use)", "0");
   a.option("--steps", "N", "timed steps (the median is reported)", "10");
   a.option("--warmup", "N", "untimed steps first", "3");
   a.option("--seed", "N", "initial weights and the random bytes", "0");
@@ -225,7 +225,7 @@ int run_bench(int argc, char** argv) {
                      (method == Method::full ? " trains every weight" : " stores the base in NF4"));
   set_threads(a);
 
-  const int threads = omp_get_max_threads();
+  const int threads = num_threads();
   const std::vector<double> load_start = load_average();
   const app::FmaPeak peak = app::measure_fma_peak(threads);
 
@@ -273,7 +273,7 @@ int run_bench(int argc, char** argv) {
   const double gflops = flops / (ms_median * 1e-3) / 1e9;
   const double tokens_per_s = static_cast<double>(w.tokens()) / (ms_median * 1e-3);
   const double pct = 100.0 * gflops / peak.gflops;
-  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  const std::string waiting = wait_strategy();
 
   if (as_json) {
     using json = nlohmann::ordered_json;
@@ -312,7 +312,7 @@ int run_bench(int argc, char** argv) {
     j["cpu_model"] = cpu_model();
     j["loadavg_start"] = load_start;
     j["loadavg_end"] = load_end;
-    j["omp_wait_policy"] = wait_policy ? wait_policy : "";
+    j["wait_strategy"] = waiting;
     std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
     return 0;
   }
@@ -325,8 +325,8 @@ int run_bench(int argc, char** argv) {
             << (threads == 1 ? "" : "s") << ", " << with_commas(n_trainable) << " trainable parameters\n"
             << "cpu: " << cpu_model() << "; kernels " << kernels::compiled_isa() << "; load average "
             << fixed(load_start[0], 2) << " " << fixed(load_start[1], 2) << " " << fixed(load_start[2], 2)
-            << " at start, " << fixed(load_end[0], 2) << " at end; OMP_WAIT_POLICY="
-            << (wait_policy ? wait_policy : "(unset)") << "\n"
+            << " at start, " << fixed(load_end[0], 2) << " at end\n"
+            << "threads: " << waiting << "\n"
             << "FMA peak: " << peak.str() << "\n"
             << "step: " << fixed(ms_median, 1) << " ms median (min " << fixed(ms_min, 1)
             << ", max " << fixed(ms_max, 1) << "; cpu " << fixed(median(cpu_ms), 1)

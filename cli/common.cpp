@@ -1,7 +1,6 @@
 #include "common.hpp"
 
 #include <fcntl.h>
-#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "loragrad/error.hpp"
 #include "loragrad/files.hpp"
 #include "loragrad/lora/peft_io.hpp"
+#include "loragrad/thread_pool.hpp"
 
 namespace fs = std::filesystem;
 
@@ -105,7 +105,7 @@ std::shared_ptr<nn::TinyGPT> load_model(const Args& a) {
 void set_threads(const Args& a) {
   if (!a.given("--threads")) return;
   const int64_t n = a.integer("--threads", 0, 1024);
-  if (n > 0) omp_set_num_threads(static_cast<int>(n));
+  if (n > 0) set_num_threads(static_cast<int>(n));
 }
 
 std::string terminal_safe(const std::string& s) {

@@ -40,7 +40,7 @@ std::shared_ptr<nn::TinyGPT> load_checkpoint(const std::string& path);
 // --base CKPT, plus --adapter DIR when given (frozen: for inference).
 std::shared_ptr<nn::TinyGPT> load_model(const Args& a);
 
-// OpenMP threads from --threads (0 or absent: OpenMP's choice).
+// Threads from --threads (0 or absent: the default, thread_pool.hpp's num_threads()).
 void set_threads(const Args& a);
 
 // Bytes a terminal should not interpret become '?'.

@@ -19,7 +19,6 @@
 #include <string>
 
 #include "common.hpp"
-#include "loragrad/parallel.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/gemm_bf16.hpp"
 #include "loragrad/kernels/isa.hpp"
@@ -108,7 +107,6 @@ int finish(const std::string& cmd, int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   if (argc < 2) {
     std::cerr << "loragrad: give a command (" << command_names() << "; see loragrad --help)\n";
     return 2;

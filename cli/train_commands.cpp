@@ -74,7 +74,7 @@ void add_training_flags(Args& a, const std::string& steps, const std::string& we
   a.option("--save-every", "N", "write a resumable checkpoint-STEP every N steps (0: never)", "0");
   a.option("--resume", "DIR", "continue from a checkpoint-STEP directory of the same run");
   a.option("--seed", "N", "data, initial weights and batches", "0");
-  a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.option("--threads", "N", "threads (0: OMP_NUM_THREADS if set, else the CPUs this process may use)", "0");
   a.flag("--force", "replace an existing --out");
   a.flag("--quiet", "no live progress bar, plain log lines");
 }

@@ -69,7 +69,7 @@ int run_generate(int argc, char** argv) {
   a.option("--temperature", "X", "0: greedy; else softmax(logits / X)", "0.8");
   a.option("--top-k", "N", "sample among the k likeliest bytes (0: all)", "40");
   a.option("--seed", "N", "sampling seed", "0");
-  a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.option("--threads", "N", "threads (0: OMP_NUM_THREADS if set, else the CPUs this process may use)", "0");
   a.option("--stop", "TEXT", "end the text after the first TEXT among the sampled bytes (\\n, \\t, \\\\ escapes)");
   a.flag("--raw", "write the prompt and the sampled bytes exactly as they are, with no newline added");
   a.epilog("An adapter trained on instruction data (finetune --data FILE.jsonl, --domain recipe-qa) answers a\n"
@@ -351,7 +351,7 @@ int run_eval(int argc, char** argv) {
   a.flag("--json", "print the loss (or the forgetting report) as one JSON document");
   a.option("--dump-logits", "OUT", "write logits (1, t, 256) and tokens (1, t) to this .safetensors file");
   a.option("--tokens", "TEXT", "the input text for --dump-logits");
-  a.option("--threads", "N", "OpenMP threads (0: OpenMP's choice)", "0");
+  a.option("--threads", "N", "threads (0: OMP_NUM_THREADS if set, else the CPUs this process may use)", "0");
   a.flag("--force", "replace an existing --dump-logits file");
   a.epilog("--split val scores the last --val-fraction of --data's bytes (floor(size * X) of them; of a .jsonl's\n"
            "examples), the part finetune --data FILE --val-fraction X held out and validated on; --split train the\n"

@@ -16,7 +16,10 @@ target_compile_options(loragrad_build_flags INTERFACE -Wall -Wextra -Wno-unused-
                        # Never -O0: a project without a build type (add_subdirectory) would get
                        # kernels 20x slower, and at -O0 GCC 12 cannot compile xsimd's AVX-512 code
                        # (some intrinsics are macros there). Debug builds get -Og.
-                       $<$<CONFIG:>:-O3> $<$<CONFIG:Debug>:-Og>)
+                       $<$<CONFIG:>:-O3> $<$<CONFIG:Debug>:-Og>
+                       # `#pragma omp simd` only: threads are loragrad's own (thread_pool.hpp),
+                       # no OpenMP runtime is linked.
+                       -fopenmp-simd)
 # The kernels (GEMM tiles, xsimd loops) are chosen at compile time from the
 # instruction set the library is compiled for, so it is stated here, once:
 # this CPU's (-march=native), or LORAGRAD_ARCH. A build without AVX2 + FMA

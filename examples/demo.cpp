@@ -38,7 +38,6 @@
 //
 // Exit status: 0 when every check holds, 1 when one fails (or on a runtime
 // error), 2 on a bad command line.
-#include <omp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -100,7 +99,7 @@ struct Options {
   int64_t evals = 10;  // validation points per loss curve
   int64_t corpus_bytes = 1 << 20;
   uint64_t seed = 0;
-  int64_t threads = 0;  // 0: OpenMP's default
+  int64_t threads = 0;  // 0: the default (thread_pool.hpp)
   double lr_scale = 1.0;  // multiplies every method's learning rate (for sweeps)
   std::string out = "out";
   bool quiet = false;
@@ -129,7 +128,7 @@ Args demo_flags() {
   a.option("--steps", "N", "adaptation steps per method (default 300; the same tokens for every method)");
   a.option("--pretrain-steps", "N", "steps of pretraining when no checkpoint is reused (default 500)");
   a.option("--seed", "N", "corpora, weights, batches, adapters and sampling (default 0)");
-  a.option("--threads", "N", "OpenMP threads (default: OpenMP's choice)");
+  a.option("--threads", "N", "threads (default: OMP_NUM_THREADS if set, else the CPUs this process may use)");
   a.option("--lr-scale", "X", "multiply every method's learning rate by X (default 1; for sweeps)");
   a.option("--out", "DIR", "checkpoint, adapters, loss curves (default out)");
   a.flag("--quiet", "no live progress bars, plain log lines");
@@ -554,7 +553,7 @@ Result adapt(const Options& o, const Data& d, const std::string& base_path, cons
 
 // The child process: one method, its result written to o.child_result as JSON.
 int run_child(const Options& o) {
-  if (o.threads > 0) omp_set_num_threads(static_cast<int>(o.threads));
+  if (o.threads > 0) set_num_threads(static_cast<int>(o.threads));
   const Data d = make_data(o);
   for (Method m : methods(o.seed)) {
     if (m.name != o.child) continue;
@@ -618,14 +617,14 @@ std::string sci(double x) {
 }
 
 int run(const Options& o, const std::vector<std::string>& args) {
-  if (o.threads > 0) omp_set_num_threads(static_cast<int>(o.threads));
+  if (o.threads > 0) set_num_threads(static_cast<int>(o.threads));
   const auto start = std::chrono::steady_clock::now();
 
   const Data d = make_data(o);
   const double unigram_a = d.stories.unigram_entropy(data::Split::validation);
   const double unigram_b = d.recipes.unigram_entropy(data::Split::validation);
   std::cout << "corpora: A = stories, B = recipes, " << format_bytes(static_cast<size_t>(o.corpus_bytes))
-            << " each (90% train, 10% validation); " << omp_get_max_threads() << " threads; load average "
+            << " each (90% train, 10% validation); " << num_threads() << " threads; load average "
             << fixed(load_average(), 2) << "\n";
 
   // ---- the base model ----
@@ -764,7 +763,6 @@ int run(const Options& o, const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  loragrad::prefer_passive_openmp_threads(argv);  // see parallel.hpp
   Options options;
   try {
     std::optional<Options> parsed = parse_args(argc, argv);

@@ -3,7 +3,6 @@
 // (the library reads files by path), the small base model, the adapter-dir
 // input layout, and checks of what a successful load must give.
 #include <cxxabi.h>
-#include <omp.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/error.hpp"
 #include "loragrad/nn/tiny_gpt.hpp"
+#include "loragrad/thread_pool.hpp"
 
 namespace fuzz {
 
@@ -60,7 +60,7 @@ void guarded(F&& f) {
 // One thread: findings must reproduce exactly, and the machines running this
 // are small and shared. (The tiny tensors here stay below the threading
 // thresholds anyway.)
-inline const bool kOneThread = (omp_set_num_threads(1), true);
+inline const bool kOneThread = (loragrad::set_num_threads(1), true);
 
 // This process's scratch directory, made on first use under $TMPDIR (the
 // Makefile points it into the build dir, which also collects the ones a crash

@@ -8,8 +8,6 @@
 #define BOOST_TEST_MODULE gemm_bf16
 #include <boost/test/unit_test.hpp>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -25,6 +23,7 @@
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/bf16.hpp"
 #include "loragrad/kernels/gemm_bf16.hpp"
+#include "loragrad/thread_pool.hpp"
 
 using loragrad::bf16;
 using loragrad::ValueError;
@@ -437,7 +436,7 @@ BOOST_AUTO_TEST_CASE(float_a_is_rounding_a_first) {
 // shared packing), and a call from inside a parallel region (serial) too.
 BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
   KernelGuard guard;
-  const int saved = omp_get_max_threads();
+  const int saved = loragrad::num_threads();
   for (const std::string& kernel : runnable_kernels()) {
     k::set_bf16_kernel(kernel);
     std::mt19937 rng(11);
@@ -446,16 +445,12 @@ BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
         const Case c = make_case(false, tb, s, 2, rng);
         std::vector<std::vector<float>> results;
         for (int nt : {1, 2, 3}) {
-          omp_set_num_threads(nt);
+          loragrad::set_num_threads(nt);
           results.push_back(run_gemm(c, true, 1.0f, 0.5f, c.C));
         }
-        omp_set_num_threads(saved);
+        loragrad::set_num_threads(saved);
         std::vector<float> inside = c.C;
-#pragma omp parallel num_threads(2)
-        {
-#pragma omp single
-          inside = run_gemm(c, true, 1.0f, 0.5f, c.C);
-        }
+        loragrad::parallel_run(1, [&](int64_t, int) { inside = run_gemm(c, true, 1.0f, 0.5f, c.C); });
         BOOST_TEST_INFO(describe(kernel, true, false, tb, s, 1.0, 0.5, 2));
         BOOST_TEST(same_bits(results[0], results[1]));
         BOOST_TEST_INFO(describe(kernel, true, false, tb, s, 1.0, 0.5, 2));
@@ -464,7 +459,7 @@ BOOST_AUTO_TEST_CASE(results_do_not_depend_on_the_thread_count) {
         BOOST_TEST(same_bits(results[0], inside));
       }
   }
-  omp_set_num_threads(saved);
+  loragrad::set_num_threads(saved);
 }
 
 // The kernels differ only in the order of their float32 additions: any two

@@ -6,8 +6,6 @@
 #define BOOST_TEST_MODULE thread_determinism
 #include <boost/test/unit_test.hpp>
 
-#include <omp.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -25,6 +23,7 @@
 #include "loragrad/ops.hpp"
 #include "loragrad/optim/adamw.hpp"
 #include "loragrad/optim/clip_grad.hpp"
+#include "loragrad/thread_pool.hpp"
 
 using namespace loragrad;
 
@@ -72,10 +71,10 @@ double max_abs_diff(const Snapshot& a, const Snapshot& b) {
 }
 
 Results run_with_threads(int threads, const std::function<Results()>& f) {
-  const int before = omp_get_max_threads();
-  omp_set_num_threads(threads);
+  const int before = num_threads();
+  set_num_threads(threads);
   Results r = f();
-  omp_set_num_threads(before);
+  set_num_threads(before);
   return r;
 }
 

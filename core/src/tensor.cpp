@@ -21,6 +21,7 @@
 #include "loragrad/kernels/isa.hpp"
 #include "loragrad/memory.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/parallel.hpp"
 
 namespace loragrad {
 
@@ -495,8 +496,9 @@ static Tensor fill_random(const Shape& shape, DType dt, Generator& gen, const ch
   dispatch_float(dt, op, [&](auto tag) {
     using T = decltype(tag);
     T* p = t.data<T>();
-#pragma omp parallel for if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(draw(seed, base + static_cast<uint64_t>(i)));
+    parallel_for(n, n > (1 << 16) ? n : 0, [&](int64_t i) {
+      p[i] = static_cast<T>(draw(seed, base + static_cast<uint64_t>(i)));
+    });
   });
   return t;
 }

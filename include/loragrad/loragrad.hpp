@@ -26,6 +26,7 @@
 #include "loragrad/quant/nf4.hpp"
 #include "loragrad/safetensors.hpp"
 #include "loragrad/tensor.hpp"
+#include "loragrad/thread_pool.hpp"
 #include "loragrad/version.hpp"
 #include "loragrad/xtensor.hpp"
 

@@ -9,6 +9,7 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/lora/linalg.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/parallel.hpp"
 
 namespace loragrad::lora {
 
@@ -76,17 +77,15 @@ std::shared_ptr<const std::vector<double>> LoraLinear::base_row_sq_norms() const
   auto sq = std::make_shared<std::vector<double>>(static_cast<size_t>(rows));
   double* out = sq->data();
   const nn::LinearBase& base = *base_layer;  // its own values, a row at a time: never a dense copy
-#pragma omp parallel if (rows * cols > (1 << 16))
-  {
+  parallel_ranges(rows, rows * cols > (1 << 16) ? rows * cols : 0, [&](int64_t lo, int64_t hi) {
     std::vector<double> row(static_cast<size_t>(cols));  // (in)
-#pragma omp for
-    for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t i = lo; i < hi; ++i) {
       base.weight_rows_f64(i, 1, row.data());
       double acc = 0;
       for (int64_t j = 0; j < cols; ++j) acc += row[j] * row[j];
       out[i] = acc;
     }
-  }
+  });
   row_sq_.owner = key.owner;
   row_sq_.version = key.version;
   row_sq_.sq = std::move(sq);

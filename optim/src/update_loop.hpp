@@ -12,10 +12,9 @@ namespace loragrad::optim::detail {
 template <class F>
 inline void for_each_chunk(int64_t n, F&& body) {
   constexpr int64_t kChunk = 1 << 14;
-  if (n >= kParallelElements && !omp_in_parallel()) {
+  if (n >= kParallelElements && !in_parallel()) {
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < n_chunks; ++c) body(c * kChunk, std::min(n, (c + 1) * kChunk));
+    parallel_for(n_chunks, n, [&](int64_t c) { body(c * kChunk, std::min(n, (c + 1) * kChunk)); });
   } else {
     body(int64_t{0}, n);
   }

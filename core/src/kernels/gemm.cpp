@@ -26,8 +26,6 @@
 
 #include "loragrad/kernels/gemm.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdlib>
@@ -43,6 +41,7 @@
 #endif
 
 #include "loragrad/error.hpp"
+#include "loragrad/thread_pool.hpp"
 #include "gemm_narrow.hpp"
 #include "gemm_pack.hpp"
 
@@ -112,7 +111,7 @@ inline Vec fmadd(const Vec& a, const Vec& b, const Vec& c) {
 // Pack buffers
 // ---------------------------------------------------------------------------
 // A grow-only, 64-byte aligned float buffer. One per thread and purpose
-// (thread_local; OpenMP's worker threads persist between regions), so repeated
+// (thread_local; the pool's worker threads persist between calls), so repeated
 // calls allocate nothing once the largest shape has been seen.
 class AlignedBuffer {
  public:
@@ -456,19 +455,18 @@ void compute_item(const Problem& p, const Panel& P, const Item& it, const float*
   }
 }
 
-// The loop nest. nt == 1: serial, plain loops and no OpenMP constructs (so it
-// is safe inside a caller's parallel region). nt > 1: must be called by every
-// thread of a team of nt.
+// The loop nest. nt == 1: serial, on the calling thread. nt > 1: over the
+// pool, whose threads take work items one at a time (parallel_run).
 //
 // Synchronisation is kept to a minimum because the machine may be shared: a
-// barrier at which one thread has lost its core costs a scheduler time slice
-// (milliseconds), not microseconds.
+// thread that has lost its core must hold up the others as little as possible.
 //   * One panel (K <= KC, N <= NC; every product up to 512 x 4096 deep/wide):
 //     each thread packs into its own buffer the B slivers of the items it
-//     takes; no barrier inside the region, only the fork and the join.
-//   * Several panels: the threads pack each B panel together into the
-//     caller's buffer; the worksharing loops' implicit barriers separate
-//     packing a panel from using it, and using it from overwriting it.
+//     takes; one fork/join.
+//   * Several panels: for each panel, the threads pack it together into the
+//     caller's buffer (a first parallel_run), then compute its items (a
+//     second): the joins separate packing a panel from using it, and using it
+//     from overwriting it.
 // Frozen weights are packed again at every call, by every thread of a one-
 // panel product. Keeping their panels instead (a cache keyed by
 // nn::LinearBase::weight_version()) was measured and not done (issue 11,
@@ -480,23 +478,24 @@ void compute_item(const Problem& p, const Panel& P, const Item& it, const float*
 // frozen weight, 36 MiB for M (+10% peak RSS), and over NF4 dense copies
 // that undo what NF4 saves.
 void run(const Problem& p, int nt, Grid g) {
-  float* apack = tls_apack.get(MC * std::min(p.K, KC));  // (MC, KC) MR-row slivers, this thread's
+  const int64_t apack_floats = MC * std::min(p.K, KC);  // (MC, KC) MR-row slivers, per thread
   const int64_t items = g.nb_m * g.nb_n;
 
   if (nt > 1 && p.N <= NC && p.K <= KC) {
     const Panel P = make_panel(p, 0, 0);
-    float* bown = tls_bpack.get(packed_b_floats(P.kc, P.nc));  // (kc, nc) this thread's copy
-    bool packed[NC / NR] = {};  // sliver groups already in bown
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t i = 0; i < items; ++i) {
+    // packed[t * nb_n + bn]: thread t's own B buffer holds sliver group bn.
+    std::vector<uint8_t> packed(static_cast<size_t>(nt * g.nb_n), 0);
+    parallel_run(items, [&](int64_t i, int t) {
+      float* apack = tls_apack.get(apack_floats);
+      float* bown = tls_bpack.get(packed_b_floats(P.kc, P.nc));  // (kc, nc) this thread's copy
       const Item it = item_at(p, P, g, i);
       const int64_t bn = i % g.nb_n;
-      if (!packed[bn]) {
+      if (!packed[t * g.nb_n + bn]) {
         pack_slivers(p, P, it.s_lo, it.s_hi, bown);
-        packed[bn] = true;
+        packed[t * g.nb_n + bn] = 1;
       }
       compute_item(p, P, it, bown, apack);
-    }
+    }, nt);
     return;
   }
 
@@ -504,19 +503,19 @@ void run(const Problem& p, int nt, Grid g) {
     for (int64_t pc = 0; pc < p.K; pc += KC) {
       const Panel P = make_panel(p, jc, pc);
       if (nt == 1) {
+        float* apack = tls_apack.get(apack_floats);
         pack_slivers(p, P, 0, P.slivers, p.bpack);
         for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
         continue;
       }
       // Pack the shared panel in pieces of whole slivers.
       const int64_t pieces = std::min(P.slivers, int64_t(4) * nt);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t q = 0; q < pieces; ++q)
+      parallel_run(pieces, [&](int64_t q, int) {
         pack_slivers(p, P, P.slivers * q / pieces, P.slivers * (q + 1) / pieces, p.bpack);
-      // (implicit barrier: the panel is complete)
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
-      // (implicit barrier: nobody reads the panel any more)
+      });
+      parallel_run(items, [&](int64_t i, int) {
+        compute_item(p, P, item_at(p, P, g, i), p.bpack, tls_apack.get(apack_floats));
+      });
     }
   }
 }
@@ -584,17 +583,8 @@ void drive(bool trans_a, int64_t M, int64_t N, int64_t K, float alpha, const flo
   p.bpack = tls_bpack.get(packed_b_floats(std::min(K, KC), std::min(N, NC)));
 
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  const int nt = (flops >= kParallelFlops && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    run(p, 1, choose_grid(1, M, N));
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    // The team may be smaller than asked for (OMP_DYNAMIC, thread limits).
-    const int team = omp_get_num_threads();
-    run(p, team, choose_grid(team, M, N));
-  }
+  const int nt = (flops >= kParallelFlops && !in_parallel()) ? num_threads() : 1;
+  run(p, nt, choose_grid(nt, M, N));
 }
 
 }  // namespace
@@ -688,13 +678,11 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double al
   // op(A)(i, p) = A[i*sa_i + p*sa_p]
   const int64_t sa_i = trans_a ? 1 : lda, sa_p = trans_a ? lda : 1;
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  const bool parallel = flops >= kParallelFlops && !omp_in_parallel();
-
-#pragma omp parallel if (parallel)
-  {
+  // Blocks of rows, up to 8 per thread.
+  const int64_t tasks = flops >= kParallelFlops && !in_parallel() ? std::min<int64_t>(M, num_threads() * 8) : 1;
+  parallel_run(tasks, [&](int64_t t, int) {
     std::vector<double> acc(static_cast<size_t>(N));  // (N,) one row of op(A) @ op(B)
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < M; ++i) {
+    for (int64_t i = M * t / tasks; i < M * (t + 1) / tasks; ++i) {
       const double* arow = A + i * sa_i;
       double* out = acc.data();
       if (!trans_b) {
@@ -723,7 +711,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, double al
         for (int64_t j = 0; j < N; ++j) crow[j] = alpha * out[j] + beta * crow[j];
       }
     }
-  }
+  });
 }
 
 }  // namespace loragrad::kernels

@@ -22,8 +22,6 @@
 
 #include "loragrad/kernels/gemm_bf16.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -42,6 +40,7 @@
 
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/gemm.hpp"
+#include "loragrad/thread_pool.hpp"
 #include "gemm_bf16_kernels.hpp"
 
 namespace loragrad::kernels {
@@ -328,30 +327,31 @@ void compute_item(const Problem& p, const Panel& P, const Item& it, const bf16* 
                    p.C + it.i0 * p.ldc + j0, p.ldc);
 }
 
-// The loop nest; nt == 1: serial, no OpenMP constructs; nt > 1: called by
-// every thread of a team of nt. As in gemm.cpp: a one-panel product (K <= KC,
-// N <= NC: every shape of the model) has no barrier, each thread packing the
-// B slivers of the items it takes into its own buffer; several panels are
-// packed together into the caller's buffer, between barriers.
+// The loop nest; nt == 1: serial; nt > 1: over the pool, items taken one at a
+// time. As in gemm.cpp: a one-panel product (K <= KC, N <= NC: every shape of
+// the model) is one fork/join, each thread packing the B slivers of the items
+// it takes into its own buffer; several panels are packed together into the
+// caller's buffer, then used, each step a fork/join.
 void run(const Problem& p, int nt, Grid g) {
   const int64_t kp_max = round_up(std::min(p.K, KC), p.kernel.kstep);
-  bf16* apack = tls_apack.get(MC * a_stride(kp_max));
+  const int64_t apack_size = MC * a_stride(kp_max);  // (MC, a_stride(kp)), per thread
   const int64_t items = g.nb_m * g.nb_n;
 
   if (nt > 1 && p.N <= NC && p.K <= KC) {
     const Panel P = make_panel(p, 0, 0);
-    bf16* bown = tls_bpack.get(packed_b_size(P.kp, P.nc));
-    bool packed[NC / kNR] = {};  // sliver groups already in bown
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t i = 0; i < items; ++i) {
+    // packed[t * nb_n + bn]: thread t's own B buffer holds sliver group bn.
+    std::vector<uint8_t> packed(static_cast<size_t>(nt * g.nb_n), 0);
+    parallel_run(items, [&](int64_t i, int t) {
+      bf16* apack = tls_apack.get(apack_size);
+      bf16* bown = tls_bpack.get(packed_b_size(P.kp, P.nc));  // this thread's copy
       const Item it = item_at(p, P, g, i);
       const int64_t bn = i % g.nb_n;
-      if (!packed[bn]) {
+      if (!packed[t * g.nb_n + bn]) {
         pack_slivers(p, P, it.s_lo, it.s_hi, bown);
-        packed[bn] = true;
+        packed[t * g.nb_n + bn] = 1;
       }
       compute_item(p, P, it, bown, apack);
-    }
+    }, nt);
     return;
   }
 
@@ -359,18 +359,18 @@ void run(const Problem& p, int nt, Grid g) {
     for (int64_t pc = 0; pc < p.K; pc += KC) {
       const Panel P = make_panel(p, jc, pc);
       if (nt == 1) {
+        bf16* apack = tls_apack.get(apack_size);
         pack_slivers(p, P, 0, P.slivers, p.bpack);
         for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
         continue;
       }
       const int64_t pieces = std::min(P.slivers, int64_t(4) * nt);
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t q = 0; q < pieces; ++q)
+      parallel_run(pieces, [&](int64_t q, int) {
         pack_slivers(p, P, P.slivers * q / pieces, P.slivers * (q + 1) / pieces, p.bpack);
-      // (implicit barrier: the panel is complete)
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t i = 0; i < items; ++i) compute_item(p, P, item_at(p, P, g, i), p.bpack, apack);
-      // (implicit barrier: nobody reads the panel any more)
+      });
+      parallel_run(items, [&](int64_t i, int) {
+        compute_item(p, P, item_at(p, P, g, i), p.bpack, tls_apack.get(apack_size));
+      });
     }
   }
 }
@@ -442,16 +442,8 @@ void drive(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
   p.bpack = tls_bpack.get(packed_b_size(round_up(std::min(K, KC), p.kernel.kstep), std::min(N, NC)));
 
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  const int nt = (flops >= kParallelFlops && !omp_in_parallel()) ? omp_get_max_threads() : 1;
-  if (nt <= 1) {
-    run(p, 1, choose_grid(1, M, N, p.kernel.mr));
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    const int team = omp_get_num_threads();  // may be smaller than asked for
-    run(p, team, choose_grid(team, M, N, p.kernel.mr));
-  }
+  const int nt = (flops >= kParallelFlops && !in_parallel()) ? num_threads() : 1;
+  run(p, nt, choose_grid(nt, M, N, p.kernel.mr));
 }
 
 }  // namespace

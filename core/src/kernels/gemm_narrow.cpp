@@ -29,8 +29,6 @@
 // results do not depend on the thread count (the threads split C, never K).
 #include "gemm_narrow.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -42,6 +40,7 @@
 #endif
 
 #include "loragrad/error.hpp"
+#include "loragrad/thread_pool.hpp"
 
 namespace loragrad::kernels {
 
@@ -128,19 +127,18 @@ __mmask16 first_lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask1
 
 int team_size(int64_t M, int64_t N, int64_t K) {
   const double flops = 2.0 * double(M) * double(N) * double(K);
-  return flops >= kParallelFlops && !omp_in_parallel() ? omp_get_max_threads() : 1;
+  return flops >= kParallelFlops && !in_parallel() ? num_threads() : 1;
 }
 
-// Runs body(item) for items [0, n): serially (no OpenMP construct, so safe
-// inside a caller's parallel region) or by a team of nt taking items dynamically.
+// Runs body(item) for items [0, n): serially, or over the pool, whose threads
+// take items one at a time.
 template <class F>
 void for_items(int nt, int64_t n, F&& body) {
   if (nt <= 1 || n <= 1) {
     for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
-  for (int64_t i = 0; i < n; ++i) body(i);
+  parallel_run(n, [&](int64_t i, int) { body(i); });
 }
 
 // ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // Heads are never split into separate tensors: head h of q (B, T, d) is the
 // (T, hd) matrix at q + b*T*d + h*hd with row stride d, handed straight to
 // gemm. Work is parallel over (batch, head) pairs; gemm then runs on one
-// thread (it sees omp_in_parallel), or on all of them when there is only one pair.
+// thread (it sees in_parallel()), or on all of them when there is only one pair.
 //
 // The causal mask is applied by never computing the upper triangle where a
 // row block allows it: rows [i0, i1) of S = q k^T need only columns [0, i1).

@@ -60,22 +60,28 @@ static void broadcast_apply(const Tensor& a, const Tensor& b, Tensor& out, F f) 
   const T* pb = b.data<T>();
   T* po = out.data<T>();
   const int64_t n = out.numel();
-  const bool par = n >= kParallelElements && !omp_in_parallel();
+  const int64_t work = n >= kParallelElements ? n : 0;  // parallel above kParallelElements
   if (a.shape() == b.shape()) {
-#pragma omp parallel for simd if (par)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], pb[i]);
+    parallel_ranges(n, work, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) po[i] = f(pa[i], pb[i]);
+    });
     return;
   }
   if (b.numel() == 1 && a.numel() == n) {
     const T vb = pb[0];
-#pragma omp parallel for simd if (par)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(pa[i], vb);
+    parallel_ranges(n, work, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) po[i] = f(pa[i], vb);
+    });
     return;
   }
   if (a.numel() == 1 && b.numel() == n) {
     const T va = pa[0];
-#pragma omp parallel for simd if (par)
-    for (int64_t i = 0; i < n; ++i) po[i] = f(va, pb[i]);
+    parallel_ranges(n, work, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) po[i] = f(va, pb[i]);
+    });
     return;
   }
   const Shape& so = out.shape();
@@ -83,8 +89,7 @@ static void broadcast_apply(const Tensor& a, const Tensor& b, Tensor& out, F f) 
   const std::vector<int64_t> sa = broadcast_strides(a.shape(), so), sb = broadcast_strides(b.shape(), so);
   const int64_t cols = so[nd - 1], rows = n / std::max<int64_t>(cols, 1);
   const int64_t ia = sa[nd - 1], ib = sb[nd - 1];
-#pragma omp parallel for if (par)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, work, [&](int64_t r) {
     int64_t oa = 0, ob = 0, rem = r;  // offsets of this row in a and b
     for (int64_t d = nd - 2; d >= 0; --d) {
       const int64_t i = rem % so[d];
@@ -107,7 +112,7 @@ static void broadcast_apply(const Tensor& a, const Tensor& b, Tensor& out, F f) 
     } else {
       for (int64_t c = 0; c < cols; ++c) ro[c] = f(ra[0], rb[0]);
     }
-  }
+  });
 }
 
 template <class F>
@@ -224,8 +229,10 @@ static Tensor map_scalar(const Tensor& x, const char* op, F f) {
     const T* px = x.data<T>();  // (numel)
     T* py = y.data<T>();        // (numel)
     const int64_t n = x.numel();
-#pragma omp parallel for simd if (n >= kParallelElements && !omp_in_parallel())
-    for (int64_t i = 0; i < n; ++i) py[i] = static_cast<T>(f(px[i]));
+    parallel_ranges(n, n >= kParallelElements ? n : 0, [&](int64_t lo, int64_t hi) {
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) py[i] = static_cast<T>(f(px[i]));
+    });
   });
   return y;
 }
@@ -392,9 +399,9 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
     T* ps = scale.data<T>();
     const T keep = static_cast<T>(1.0 / (1.0 - p));
     const int64_t n = x.numel();
-#pragma omp parallel for if (n >= kParallelElements && !omp_in_parallel())
-    for (int64_t i = 0; i < n; ++i)
+    parallel_for(n, n >= kParallelElements ? n : 0, [&](int64_t i) {
       ps[i] = Generator::uniform01(seed, base + static_cast<uint64_t>(i)) < p ? T(0) : keep;
+    });
   });
   Tensor y;
   {

@@ -102,7 +102,7 @@ void sum_block(const T* x, T* y, int64_t outer, int64_t red, int64_t inner, doub
   constexpr int64_t kMaxCols = 512;
   int64_t cols = kMaxCols;
   if (outer == 1 && use_threads(work)) {
-    const int64_t nt = omp_get_max_threads();
+    const int64_t nt = num_threads();
     cols = std::min(kMaxCols, std::max<int64_t>(16, ((inner + nt - 1) / nt + 15) / 16 * 16));
   }
   const int64_t ncb = (inner + cols - 1) / cols;

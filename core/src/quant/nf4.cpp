@@ -3,6 +3,7 @@
 #include "loragrad/quant/nf4.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -153,15 +154,16 @@ NF4Tensor quantize_nf4(const Tensor& w, int64_t blocksize, bool double_quant) {
 
   // Blocks are independent; blocksize is even, so no two blocks share a byte.
   const auto& thresholds = nf4_thresholds();
-  bool finite = true;
-#pragma omp parallel for schedule(static) if (use_threads(n)) reduction(&& : finite)
-  for (int64_t b = 0; b < nblocks; ++b) {
+  std::atomic<bool> finite{true};  // cleared by any block holding a NaN or an infinity
+  parallel_for(nblocks, n, [&](int64_t b) {
     const int64_t lo = b * blocksize, hi = std::min(n, lo + blocksize);
     float amax = 0.0f;
+    bool block_finite = true;
     for (int64_t i = lo; i < hi; ++i) {
-      finite = finite && std::isfinite(src[i]);
+      block_finite = block_finite && std::isfinite(src[i]);
       amax = std::max(amax, std::abs(src[i]));
     }
+    if (!block_finite) finite.store(false, std::memory_order_relaxed);
     absmax[b] = amax;
     // Like bitsandbytes: multiply by the reciprocal (not divide). An all-zero
     // block gets the zero code (7) everywhere.
@@ -171,8 +173,8 @@ NF4Tensor quantize_nf4(const Tensor& w, int64_t blocksize, bool double_quant) {
       uint8_t& byte = q.codes[static_cast<size_t>(i >> 1)];
       byte = (i & 1) ? uint8_t(byte | c) : uint8_t(c << 4);
     }
-  }
-  if (!finite) {
+  });
+  if (!finite.load()) {
     for (int64_t i = 0; i < n; ++i)
       if (!std::isfinite(src[i]))
         throw ValueError("quantize_nf4: weight " + shape_str(w.shape()) + " has a non-finite value at flat index " +

@@ -15,7 +15,7 @@ struct FmaPeak {
   std::string str() const;  // "321.4 GFLOP/s (2 threads, avx512f: 16-float FMAs)"
 };
 
-// Each of `threads` OpenMP threads runs a loop of independent FMAs on
+// Each of `threads` threads runs a loop of independent FMAs on
 // registers only (no memory traffic), with the widest vector the library is
 // compiled for, for about `seconds`, timed by its own CPU time (so other
 // processes on a shared machine do not lower the figure); the threads' rates
