@@ -88,6 +88,8 @@ def main():
                     "(OpenBLAS's oldest kernels where it does not know the CPU), so by default only the first")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="loragrad's: fp32, bf16 (the frozen base in bf16; lora and dora only)")
+    ap.add_argument("--python", default="/usr/bin/python3",
+                    help="the Python whose torch runs bench/torch_workload.py (default Debian's, python3-torch)")
     ap.add_argument("--out", help="also write every run's JSON here")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
     args = ap.parse_args()
@@ -152,7 +154,7 @@ def main():
                     for name, _, extra, tuned in torch_variants:
                         if name == "default" and rnd >= args.default_rounds:
                             continue
-                        cmd = ["/usr/bin/python3", TORCH_SCRIPT, "--method", method, "--threads", str(nt)]
+                        cmd = [args.python, TORCH_SCRIPT, "--method", method, "--threads", str(nt)]
                         cmd += dims_flags(lg["workload"]) + protocol + extra
                         pt = run_json(cmd, torch_env(tuned, nt), args.timeout)
                         if pt is None:
