@@ -191,7 +191,15 @@ Storage::Storage(size_t n, bool zero) : nbytes(n) {
   data = BlockCache::get().take(rounded);
   if (!data) data = std::aligned_alloc(64, rounded);
   if (!data) throw Error("out of memory allocating " + std::to_string(n) + " bytes");
-  if (zero) std::memset(data, 0, rounded);
+  if (zero) {
+    // A large block is zeroed over the threads: zeros() of megabytes (a
+    // gradient, the attention's dq / dk / dv) was a serial part of the step.
+    char* bytes = static_cast<char*>(data);
+    const int64_t lines = static_cast<int64_t>(rounded / 64);  // rounded is a multiple of 64
+    parallel_ranges(lines, lines >= kParallelElements / 16 ? lines * 16 : 0, [&](int64_t lo, int64_t hi) {
+      std::memset(bytes + lo * 64, 0, static_cast<size_t>(hi - lo) * 64);
+    });
+  }
   count_alloc(rounded);
 }
 Storage::~Storage() {

@@ -12,21 +12,26 @@
 // later job, and goes back to waiting.
 //
 // Waiting (workers between jobs, the caller for the last tasks): spin on the
-// word for kSpinMicroseconds, then sleep on it (a futex). Why a short spin:
-//   * sleeping at once (OMP_WAIT_POLICY=passive, as loragrad ran before) costs
-//     a wake-up (a system call, then the scheduler) at many of the 200 (S) to
-//     400 (M) fork/joins of a training step;
-//   * spinning long (libgomp's default, milliseconds) burns a core another
-//     process, or our own other thread, needs: on a busy machine, steps ran
-//     5-8x slower;
+// word for kSpinMicroseconds, then sleep on it (a futex); but sleep at once
+// while the machine is oversubscribed (check_contention). Why:
 //   * the gaps between two jobs of a step are short: measured on 2 threads,
 //     70% (S) and 53% (M) under 20 us, 74% and 80% under 50 us, the rest
-//     mostly 0.1-1 ms (serial ops between GEMMs). See kSpinMicroseconds.
+//     mostly 0.1-1 ms (serial ops between GEMMs), and there are 200 (S) to
+//     400 (M) jobs per step. A worker that sleeps at once (as loragrad ran
+//     before, OMP_WAIT_POLICY=passive) needs a wake-up (a system call, then
+//     the scheduler) for most jobs and joins them late: on free cores the S
+//     step took 12-15% longer than with a 50 us spin.
+//   * a spinning thread takes a core another thread needs when there are
+//     more runnable threads than cores: libgomp's default (milliseconds)
+//     made steps 5-8x slower on a busy machine; with another process busy on
+//     one of 2 cores, even a 50 us spin made our 2-thread S step 1.5x slower
+//     than sleeping at once (the caller waited for a core), 1 ms 1.65x.
 #include "loragrad/thread_pool.hpp"
 
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -49,13 +54,10 @@
 namespace loragrad {
 namespace {
 
-// How long a waiting thread spins before it sleeps (LORAGRAD_SPIN_US overrides
-// it, for measurements). Measured on a shared 2-core Xeon, S and M LoRA steps
-// with 1 and 2 threads alternating in one process (README, "Threads"):
-// spinning 0, 20, 50 or 100 us is within the noise of each other (a few %,
-// longer slightly better when the cores are free), while 200 us and more
-// costs 5-15% when another process holds one of the cores (the spinning
-// thread delays the thread that has work); so 50.
+// How long a waiting thread spins before it sleeps, while the machine is not
+// oversubscribed (LORAGRAD_SPIN_US overrides it, for measurements; 0: never
+// spin). Measured on free cores (S, 2 threads, 1 and 2 threads alternating
+// step by step in one process): 0 us 77 ms/step, 50 us 68, 200 us 69; so 50.
 constexpr int kSpinMicroseconds = 50;
 
 inline void cpu_relax() {
@@ -75,6 +77,8 @@ void futex_wake_all(std::atomic<uint32_t>& word) {
   ::syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
 }
 
+using Clock = std::chrono::steady_clock;
+
 // Waits until done() is true: spins for spin_us (a clock read every 64
 // pauses), then sleeps on `word` while it holds the value last seen.
 // `sleepers` counts the threads that may be asleep on it, so that a waker
@@ -82,12 +86,13 @@ void futex_wake_all(std::atomic<uint32_t>& word) {
 template <class Done>
 void wait_until(Done done, std::atomic<uint32_t>& word, std::atomic<int>& sleepers, int spin_us) {
   if (done()) return;
-  using Clock = std::chrono::steady_clock;
-  const auto until = Clock::now() + std::chrono::microseconds(spin_us);
-  for (int i = 1;; ++i) {
-    cpu_relax();
-    if (done()) return;
-    if (i % 64 == 0 && Clock::now() >= until) break;
+  if (spin_us > 0) {
+    const auto until = Clock::now() + std::chrono::microseconds(spin_us);
+    for (int i = 1;; ++i) {
+      cpu_relax();
+      if (done()) return;
+      if (i % 64 == 0 && Clock::now() >= until) break;
+    }
   }
   for (;;) {
     const uint32_t seen = word.load();
@@ -96,6 +101,14 @@ void wait_until(Done done, std::atomic<uint32_t>& word, std::atomic<int>& sleepe
     sleepers.fetch_sub(1);
     if (done()) return;
   }
+}
+
+// Involuntary context switches of the calling thread: how often the
+// scheduler took its core away while it could run.
+long preemptions_of_this_thread() {
+  rusage ru{};
+  getrusage(RUSAGE_THREAD, &ru);
+  return ru.ru_nivcsw;
 }
 
 void wake(std::atomic<uint32_t>& word, std::atomic<int>& sleepers) {
@@ -155,6 +168,9 @@ class Pool {
 
   int size() const { return size_.load(std::memory_order_relaxed); }
   int spin_us() const { return spin_us_; }
+  // Checks so far, and those that found the caller preempted.
+  long checks() const { return checks_.load(std::memory_order_relaxed); }
+  long preempted_checks() const { return preempted_checks_.load(std::memory_order_relaxed); }
 
   void resize(int n) {
     lock();
@@ -169,6 +185,7 @@ class Pool {
   // workers cannot be started. Threads [0, team) take part.
   bool try_run(int64_t n, int team, detail::TaskFn fn, void* ctx) {
     if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    check_contention();
     try {
       start_workers();
     } catch (const std::system_error&) {  // no thread for us now: run serially
@@ -195,7 +212,8 @@ class Pool {
       InParallel guard;
       work(0);
     }
-    wait_until([&] { return done_.load() == static_cast<uint32_t>(n); }, done_, done_sleepers_, spin_us_);
+    wait_until([&] { return done_.load() == static_cast<uint32_t>(n); }, done_, done_sleepers_,
+               spin_now_.load(std::memory_order_relaxed));
     std::exception_ptr error = failed_.load(std::memory_order_acquire) ? std::move(error_) : nullptr;
     error_ = nullptr;
     busy_.store(false, std::memory_order_release);
@@ -215,6 +233,27 @@ class Pool {
       for (std::thread& w : p.workers_) forgotten->push_back(std::move(w));
       p.workers_.clear();
     });
+  }
+
+  // Spinning pays only while our threads have their cores (see the top of
+  // this file). So every kCheckEvery the caller looks at its involuntary
+  // context switches: if it was preempted since the last look, the machine
+  // is oversubscribed, and waits sleep at once until a look finds it was not.
+  static constexpr auto kCheckEvery = std::chrono::milliseconds(10);
+  void check_contention() {
+    const Clock::time_point now = Clock::now();
+    if (now - last_check_ < kCheckEvery) return;
+    const long preempted = preemptions_of_this_thread();
+    const std::thread::id me = std::this_thread::get_id();
+    if (me == last_caller_) {
+      const bool calm = preempted == last_preempted_;
+      spin_now_.store(calm ? spin_us_ : 0, std::memory_order_relaxed);
+      checks_.fetch_add(1, std::memory_order_relaxed);
+      if (!calm) preempted_checks_.fetch_add(1, std::memory_order_relaxed);
+    }
+    last_caller_ = me;  // (another thread's count says nothing about this one's)
+    last_preempted_ = preempted;
+    last_check_ = now;
   }
 
   void lock() {
@@ -260,7 +299,8 @@ class Pool {
     // posted_ after stop_workers() has bumped it for the last time.
     uint32_t seen = posted_.load();
     for (;;) {
-      wait_until([&] { return posted_.load() != seen || stop_.load(); }, posted_, posted_sleepers_, spin_us_);
+      wait_until([&] { return posted_.load() != seen || stop_.load(); }, posted_, posted_sleepers_,
+                 spin_now_.load(std::memory_order_relaxed));
       if (stop_.load()) return;
       seen = posted_.load();
       work(id);
@@ -287,6 +327,11 @@ class Pool {
 
   std::atomic<int> size_;
   const int spin_us_;
+  std::atomic<int> spin_now_{spin_us_};  // spin_us_, or 0 while the machine is oversubscribed
+  Clock::time_point last_check_{};       // check_contention()'s state, the pool held
+  std::thread::id last_caller_{};
+  long last_preempted_ = 0;
+  std::atomic<long> checks_{0}, preempted_checks_{0};
   std::atomic<bool> busy_{false};  // a caller holds the pool (one job at a time)
   std::vector<std::thread> workers_;
   std::atomic<bool> stop_{false};
@@ -319,8 +364,12 @@ bool in_parallel() { return t_in_parallel; }
 
 std::string wait_strategy() {
   const Pool& pool = Pool::get();
-  return "loragrad pool, " + std::to_string(pool.size()) + " thread" + (pool.size() == 1 ? "" : "s") +
-         ": spin " + std::to_string(pool.spin_us()) + " us, then sleep";
+  std::string s = "loragrad pool, " + std::to_string(pool.size()) + " thread" + (pool.size() == 1 ? "" : "s") +
+                  ": spin " + std::to_string(pool.spin_us()) + " us then sleep, or sleep at once while the caller is preempted";
+  if (const long checks = pool.checks(); checks > 0)
+    s += " (so far: " + std::to_string((100 * pool.preempted_checks() + checks / 2) / checks) + "% of " +
+         std::to_string(checks) + " checks)";
+  return s;
 }
 
 namespace detail {

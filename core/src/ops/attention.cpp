@@ -161,9 +161,14 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64
   const AttnDims D{q.size(0), q.size(1), q.size(2), n_head, q.size(2) / n_head};
   const int64_t pairs = D.B * D.H;
   const int64_t work = pairs * D.T * D.T * std::max<int64_t>(D.hd, 1);
-  Tensor out = zeros(q.shape(), q.dtype());          // (B, T, d)
-  Tensor P = zeros({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
-  if (q.numel() > 0) {
+  // Every head writes all of its P block (causal_softmax_rows zeroes the
+  // masked part) and all of its columns of out: no need to zero them first
+  // (16 MiB of P per layer of M, a serial memset). Empty q: zeros.
+  const bool computed = q.numel() > 0;
+  Tensor out = computed ? uninitialized(q.shape(), q.dtype()) : zeros(q.shape(), q.dtype());  // (B, T, d)
+  Tensor P = computed ? uninitialized({D.B, D.H, D.T, D.T}, q.dtype())
+                      : zeros({D.B, D.H, D.T, D.T}, q.dtype());  // (B, H, T, T)
+  if (computed) {
     dispatch_float(q.dtype(), op_name(Op::causal_attention), [&](auto tag) {
       using T = decltype(tag);
       const T* pq = q.data<T>();

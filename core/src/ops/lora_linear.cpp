@@ -27,6 +27,7 @@
 #include "loragrad/autograd.hpp"
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/ops.hpp"
+#include "loragrad/parallel.hpp"
 #include "loragrad/quant/bf16_tensor.hpp"
 #include "loragrad/quant/nf4.hpp"
 #include "bf16_gemm.hpp"
@@ -103,7 +104,8 @@ Tensor lora_linear_impl(const Tensor& x, const BaseWeight& w, const Tensor& bias
     T* py = y.data<T>();
     T beta = T(0);
     if (bias.defined()) {  // start every row from the bias, then accumulate onto it
-      for (int64_t i = 0; i < rows; ++i) std::memcpy(py + i * out, bias.data<T>(), sizeof(T) * out);
+      const T* pb = bias.data<T>();
+      parallel_for(rows, rows * out, [&](int64_t i) { std::memcpy(py + i * out, pb, sizeof(T) * out); });
       beta = T(1);
     }
     if (w.nf4) {

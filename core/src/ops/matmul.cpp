@@ -145,7 +145,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     T beta = T(0);
     if (bias.defined()) {  // start every row from the bias, then accumulate x W^T onto it
       const T* pb = bias.data<T>();
-      for (int64_t r = 0; r < rows; ++r) std::memcpy(py + r * out, pb, sizeof(T) * out);
+      parallel_for(rows, rows * out, [&](int64_t r) { std::memcpy(py + r * out, pb, sizeof(T) * out); });
       beta = T(1);
     }
     kernels::gemm(false, true, rows, out, in, T(1), x.data<T>(), in, weight.data<T>(), in, beta, py, out);
