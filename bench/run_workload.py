@@ -196,8 +196,11 @@ def print_report(results, torch_variants, args, coretype, have_openmp_blas, elap
     print("FMA peak (loragrad bench, median over its runs): " +
           ", ".join(f"{t} thread{'s' if t > 1 else ''} {statistics.median(v):.0f} GFLOP/s"
                     for t, v in sorted(peaks.items())))
-    waits = sorted({f"{r['program']} {r.get('wait_strategy') or 'OMP_WAIT_POLICY=' + (r.get('env', {}).get('OMP_WAIT_POLICY') or '(unset)')}"
-                    for r in all_runs})  # PyTorch's: default and tuned may differ
+    # loragrad's wait_strategy names its pool ("loragrad pool, 2 threads: ..."); PyTorch's
+    # OMP_WAIT_POLICY is per variant (default and tuned may differ).
+    waits = sorted({r.get('wait_strategy') or
+                    f"{r['program']} OMP_WAIT_POLICY=" + (r.get('env', {}).get('OMP_WAIT_POLICY') or '(unset)')
+                    for r in all_runs})
     print(f"load average (1 min) during the run: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} CPUs; "
           f"waiting threads: {'; '.join(waits)}")
     print(f"PyTorch default: OpenBLAS as installed, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
