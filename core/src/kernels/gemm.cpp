@@ -42,6 +42,7 @@
 
 #include "loragrad/error.hpp"
 #include "loragrad/thread_pool.hpp"
+#include "aligned_buffer.hpp"
 #include "gemm_narrow.hpp"
 #include "gemm_pack.hpp"
 
@@ -108,38 +109,14 @@ inline Vec fmadd(const Vec& a, const Vec& b, const Vec& c) {
 }
 
 // ---------------------------------------------------------------------------
-// Pack buffers
+// Pack buffers (aligned_buffer.hpp)
 // ---------------------------------------------------------------------------
-// A grow-only, 64-byte aligned float buffer. One per thread and purpose
-// (thread_local; the pool's worker threads persist between calls), so repeated
-// calls allocate nothing once the largest shape has been seen.
-class AlignedBuffer {
- public:
-  float* get(int64_t n) {
-    if (n > capacity_) {
-      const size_t bytes = static_cast<size_t>(ceil_div(n * int64_t(sizeof(float)), 64) * 64);
-      float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p) throw std::bad_alloc();
-      data_.reset(p);
-      capacity_ = n;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> data_;
-  int64_t capacity_ = 0;
-};
-
-thread_local AlignedBuffer tls_apack;  // (MC, KC) packed A, MR-row slivers; per thread
-thread_local AlignedBuffer tls_bpack;  // (KC, NC) packed B, NR-column slivers: the calling
-                                       // thread's is shared with its team (several panels),
-                                       // or each thread packs its own (one panel)
-thread_local AlignedBuffer tls_decoded;  // (NR, KC) rows of a decoded B before the transposing
-                                         // pack (gemm_decoded_b, trans_b); per thread
+thread_local AlignedBuffer<float> tls_apack;  // (MC, KC) packed A, MR-row slivers; per thread
+thread_local AlignedBuffer<float> tls_bpack;  // (KC, NC) packed B, NR-column slivers: the calling
+                                              // thread's is shared with its team (several panels),
+                                              // or each thread packs its own (one panel)
+thread_local AlignedBuffer<float> tls_decoded;  // (NR, KC) rows of a decoded B before the transposing
+                                                // pack (gemm_decoded_b, trans_b); per thread
 
 // ---------------------------------------------------------------------------
 // Packing

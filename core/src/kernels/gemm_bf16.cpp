@@ -41,6 +41,7 @@
 #include "loragrad/error.hpp"
 #include "loragrad/kernels/gemm.hpp"
 #include "loragrad/thread_pool.hpp"
+#include "aligned_buffer.hpp"
 #include "gemm_bf16_kernels.hpp"
 
 namespace loragrad::kernels {
@@ -211,31 +212,8 @@ constexpr double kParallelFlops = 2e6;
 
 constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// A grow-only, 64-byte aligned bf16 buffer; one per thread and purpose, so
-// repeated calls allocate nothing once the largest shape has been seen.
-class Buffer {
- public:
-  bf16* get(int64_t n) {
-    if (n > capacity_) {
-      const size_t bytes = static_cast<size_t>(ceil_div(n * 2, 64) * 64);
-      auto* p = static_cast<bf16*>(std::aligned_alloc(64, bytes));
-      if (!p) throw std::bad_alloc();
-      data_.reset(p);
-      capacity_ = n;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(bf16* p) const { std::free(p); }
-  };
-  std::unique_ptr<bf16, Free> data_;
-  int64_t capacity_ = 0;
-};
-
-thread_local Buffer tls_apack;  // (MC, a_stride(kp)) packed A block, per thread
-thread_local Buffer tls_bpack;  // (kp, NC) packed B panel: the caller's is shared by its team,
+thread_local AlignedBuffer<bf16> tls_apack;  // (MC, a_stride(kp)) packed A block, per thread
+thread_local AlignedBuffer<bf16> tls_bpack;  // (kp, NC) packed B panel: the caller's is shared by its team,
                                 // or (one panel) each thread packs its own
 
 // The kernel as the driver uses it.

@@ -41,6 +41,7 @@
 
 #include "loragrad/error.hpp"
 #include "loragrad/thread_pool.hpp"
+#include "aligned_buffer.hpp"
 
 namespace loragrad::kernels {
 
@@ -71,30 +72,8 @@ constexpr int64_t kSumBlock = 512;
 // Below this many flops a parallel region costs more than it saves (as in gemm.cpp).
 constexpr double kParallelFlops = 2e6;
 
-// A grow-only, 64-byte aligned float buffer (as in gemm.cpp). The packed small
-// operand lives in the calling thread's and is read by its whole team.
-class AlignedBuffer {
- public:
-  float* get(int64_t n) {
-    if (n > capacity_) {
-      const size_t bytes = static_cast<size_t>(ceil_div(n * int64_t(sizeof(float)), 64) * 64);
-      float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p) throw std::bad_alloc();
-      data_.reset(p);
-      capacity_ = n;
-    }
-    return data_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> data_;
-  int64_t capacity_ = 0;
-};
-
-thread_local AlignedBuffer tls_small;  // the packed small operand: rowdot (ceil(K/P), 16), colvec (K, R)
+// The packed small operand lives in the calling thread's buffer and is read by its whole team.
+thread_local AlignedBuffer<float> tls_small;  // the packed small operand: rowdot (ceil(K/P), 16), colvec (K, R)
 
 // Where a kernel's results go: its own rows i and columns j are C's (i, j), or
 // C's (j, i) when trans (the kernel computed C^T).
